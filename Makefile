@@ -1,0 +1,25 @@
+# `make install` creates .venv and installs focalgraph into it (editable), once; it reinstalls
+# only when pyproject.toml changes. `make test` installs first if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/python examples/seeds.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

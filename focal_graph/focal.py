@@ -1,0 +1,288 @@
+"""The three focal-loss variants (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+
+Every variant is ``FL = -w * (1 - p_t)**gamma * log p_t`` with a different ``p_t``:
+
+- `sparse_softmax_focal_loss`: integer labels, ``p_t`` the softmax probability of the label.
+- `softmax_focal_loss`: one-hot or soft targets, summed over classes (Keras's
+  CategoricalFocalCrossentropy, without its clipping when given logits).
+- `sigmoid_focal_loss`: independent binary problems per class (RetinaNet; Keras's
+  BinaryFocalCrossentropy with class balancing).
+
+Arguments follow Keras: targets first, predictions second. Predictions have any rank >= 2 with
+the class axis last; every dimension may be unknown at trace time. Each returns the unreduced
+loss (use `focal_graph.reduction.reduce_loss`). float16 and bfloat16 are computed in float32 and
+cast back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from focal_graph import params
+from focal_graph.probabilities import (
+    one_minus_exp,
+    sigmoid_log_probs,
+    softmax_log_prob_at,
+    softmax_log_probs,
+)
+
+DEFAULT_EPSILON = 1e-7  # Keras's backend epsilon, the clip the seeds use.
+
+
+def sparse_softmax_focal_loss(
+    labels,
+    logits,
+    *,
+    gamma=2.0,
+    alpha=None,
+    class_weight=None,
+    from_logits: bool = True,
+    ignore_index: int | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+) -> tf.Tensor:
+    """Softmax focal loss with integer labels; generalises seed 002 to any rank.
+
+    ``loss = -alpha_t * class_weight_t * (1 - p_t)**gamma_t * log p_t``, with
+    ``log p_t = z_t - logsumexp(z)`` (no clipping) from logits.
+
+    Args:
+        labels: integer class indices, shape (...). Float labels are accepted if integral (Keras
+            passes labels as floats).
+        logits: predictions, shape (..., C): logits, or probabilities if ``from_logits=False``.
+        gamma: focusing parameter >= 0, scalar or one per class (indexed by the label).
+        alpha: scalar or per-class weight >= 0 (indexed by the label); None means 1.
+        class_weight: per-class multipliers (e.g. `focal_graph.class_weights`); None means 1.
+        from_logits: whether ``logits`` are logits (default) or probabilities.
+        ignore_index: label value whose positions get loss 0 (and are not counted by a mean).
+        epsilon: probability clip, used only when ``from_logits=False``.
+
+    Returns:
+        Loss of shape (...), the dtype of ``logits``. A label outside [0, C) that is not
+        ``ignore_index`` gives NaN at its position inside graphs (asserts do not survive ONNX
+        export, NaN does); called eagerly, it raises ValueError naming the value.
+    """
+    logits, out_dtype = predictions_in_compute_dtype("logits", logits)
+    labels = _labels(labels, logits)
+    num_classes = logits.shape[-1]
+    gamma = _per_class_value("gamma", gamma, num_classes, logits.dtype)
+    weight = _class_weight(alpha, class_weight, num_classes, logits.dtype)
+    epsilon = params.epsilon(epsilon)
+
+    num_classes_t = tf.cast(tf.shape(logits)[-1], labels.dtype)
+    valid = tf.logical_and(labels >= 0, labels < num_classes_t)
+    if ignore_index is not None:
+        ignored = tf.equal(labels, params.integer("ignore_index", ignore_index))
+        valid = tf.logical_and(valid, tf.logical_not(ignored))
+    if labels.dtype.is_floating:
+        valid = tf.logical_and(valid, tf.equal(labels, tf.floor(labels)))
+    if tf.executing_eagerly():
+        _raise_on_bad_labels(labels, valid, ignore_index, int(tf.shape(logits)[-1]))
+    class_index = tf.cast(tf.where(valid, labels, tf.zeros_like(labels)), tf.int64)
+
+    log_p_t = softmax_log_prob_at(logits, class_index, from_logits=from_logits, epsilon=epsilon)
+    loss = _focal_term(-log_p_t, one_minus_exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
+
+    nan = tf.constant(np.nan, loss.dtype)
+    loss = tf.where(valid, loss, nan)
+    if ignore_index is not None:
+        loss = tf.where(ignored, tf.zeros_like(loss), loss)
+    return tf.cast(loss, out_dtype)
+
+
+def softmax_focal_loss(
+    targets,
+    y_pred,
+    *,
+    gamma=2.0,
+    alpha=None,
+    class_weight=None,
+    from_logits: bool = True,
+    label_smoothing: float = 0.0,
+    epsilon: float = DEFAULT_EPSILON,
+) -> tf.Tensor:
+    """Softmax focal loss with one-hot or soft targets.
+
+    ``loss = -sum_c alpha_c * class_weight_c * y_c * (1 - p_c)**gamma_c * log p_c`` with
+    ``log p = log_softmax(z)`` from logits (no clipping). A scalar ``alpha`` multiplies the loss,
+    as in Keras's CategoricalFocalCrossentropy. ``label_smoothing`` ls replaces y by
+    ``y * (1 - ls) + ls / C``.
+
+    Args:
+        targets: shape (..., C), one-hot or a distribution per position.
+        y_pred: shape (..., C): logits, or probabilities if ``from_logits=False`` (normalised to
+            sum 1, then clipped to [epsilon, 1 - epsilon]).
+
+    Returns:
+        Loss of shape (...). Targets and predictions of different runtime shapes give NaN inside
+        graphs rather than a silently broadcast number.
+    """
+    y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
+    targets = _targets(targets, y_pred)
+    num_classes = y_pred.shape[-1]
+    gamma = _per_class_value("gamma", gamma, num_classes, y_pred.dtype)
+    weight = _class_weight(alpha, class_weight, num_classes, y_pred.dtype)
+    label_smoothing = params.label_smoothing(label_smoothing)
+    epsilon = params.epsilon(epsilon)
+
+    if label_smoothing:
+        num_classes_t = tf.cast(tf.shape(y_pred)[-1], y_pred.dtype)
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes_t
+    log_p = softmax_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
+    per_class = _focal_term(-log_p * targets, one_minus_exp(log_p), gamma, weight)
+    loss = tf.reduce_sum(per_class, axis=-1) * _same_shape_guard(targets, y_pred)
+    return tf.cast(loss, out_dtype)
+
+
+def sigmoid_focal_loss(
+    targets,
+    y_pred,
+    *,
+    gamma=2.0,
+    alpha=None,
+    class_weight=None,
+    from_logits: bool = True,
+    label_smoothing: float = 0.0,
+    epsilon: float = DEFAULT_EPSILON,
+) -> tf.Tensor:
+    """Sigmoid (multi-label) focal loss: every class an independent binary problem.
+
+    ``p_t = y p + (1 - y)(1 - p)``,
+    ``loss = a_t * class_weight_c * (1 - p_t)**gamma_c * BCE(y, p)`` with
+    ``a_t = y alpha + (1 - y)(1 - alpha)`` (RetinaNet's balance; 1 when ``alpha`` is None) and
+    ``BCE = -(y log p + (1 - y) log(1 - p))``. From logits, ``log p = x - softplus(x)`` and
+    ``log(1 - p) = -softplus(x)`` (no clipping). ``label_smoothing`` ls replaces y by
+    ``y * (1 - ls) + ls / 2``, as Keras's BinaryFocalCrossentropy does.
+
+    Args:
+        targets: shape (..., C), values in [0, 1].
+        y_pred: shape (..., C): logits, or probabilities if ``from_logits=False``.
+        alpha: scalar or per-class value in [0, 1].
+
+    Returns:
+        Loss of shape (..., C), one value per class (Keras's BinaryFocalCrossentropy is its mean
+        over the last axis).
+    """
+    y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
+    targets = _targets(targets, y_pred)
+    num_classes = y_pred.shape[-1]
+    gamma = _per_class_value("gamma", gamma, num_classes, y_pred.dtype)
+    if alpha is not None:
+        alpha = _per_class_value("alpha", alpha, num_classes, y_pred.dtype, high=1.0)
+    class_weight = _class_weight(None, class_weight, num_classes, y_pred.dtype)
+    label_smoothing = params.label_smoothing(label_smoothing)
+    epsilon = params.epsilon(epsilon)
+
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    probs = sigmoid_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
+    cross_entropy = -(targets * probs.log_p + (1.0 - targets) * probs.log_q)
+    one_minus_p_t = targets * probs.q + (1.0 - targets) * probs.p
+    weight = class_weight
+    if alpha is not None:
+        alpha_t = targets * alpha + (1.0 - targets) * (1.0 - alpha)
+        weight = alpha_t if weight is None else alpha_t * weight
+    loss = _focal_term(cross_entropy, one_minus_p_t, gamma, weight)
+    loss = loss * _same_shape_guard(targets, y_pred)
+    return tf.cast(loss, out_dtype)
+
+
+def _focal_term(cross_entropy, one_minus_p, gamma, weight):
+    """The one place the focal factor is applied: ``weight * (1 - p)**gamma * cross_entropy``."""
+    if not (isinstance(gamma, float) and gamma == 0.0):
+        # (1 - p)**gamma has an infinite derivative at p = 1 when gamma < 1; flooring 1 - p at the
+        # smallest normal number keeps the gradient finite (it is multiplied by a cross-entropy
+        # of ~0 there) and changes no loss value by more than that number.
+        tiny = np.finfo(one_minus_p.dtype.as_numpy_dtype).tiny
+        cross_entropy = cross_entropy * tf.pow(tf.maximum(one_minus_p, tiny), gamma)
+    return cross_entropy if weight is None else cross_entropy * weight
+
+
+def predictions_in_compute_dtype(name: str, y_pred):
+    """Predictions as a float tensor of rank >= 2 in the dtype to compute in, and their own dtype.
+
+    16-bit predictions are computed in float32: (1 - p)**gamma and log p lose most of their
+    digits in float16, and float16's range ends at 65504.
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    if not y_pred.dtype.is_floating:
+        raise ValueError(f"{name}: expected floating-point predictions, got dtype {y_pred.dtype.name}")
+    if y_pred.shape.rank is None or y_pred.shape.rank < 2:
+        raise ValueError(
+            f"{name}: expected rank >= 2 with the class axis last, got shape {y_pred.shape}"
+        )
+    out_dtype = y_pred.dtype
+    if out_dtype in (tf.float16, tf.bfloat16):
+        y_pred = tf.cast(y_pred, tf.float32)
+    return y_pred, out_dtype
+
+
+def _labels(labels, logits: tf.Tensor) -> tf.Tensor:
+    labels = tf.convert_to_tensor(labels)
+    if not (labels.dtype.is_integer or labels.dtype.is_floating):
+        raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype.name}")
+    expected = logits.shape[:-1]
+    if labels.shape.rank != expected.rank or not labels.shape.is_compatible_with(expected):
+        raise ValueError(
+            f"labels: expected shape {expected} (the logits' shape {logits.shape} without the class axis), "
+            f"got {labels.shape}"
+        )
+    if labels.dtype.is_floating:
+        return tf.cast(labels, logits.dtype)
+    return labels if labels.dtype == tf.int64 else tf.cast(labels, tf.int64)
+
+
+def _targets(targets, y_pred: tf.Tensor) -> tf.Tensor:
+    targets = tf.convert_to_tensor(targets)
+    if targets.shape.rank != y_pred.shape.rank or not targets.shape.is_compatible_with(y_pred.shape):
+        raise ValueError(f"targets: expected the predictions' shape {y_pred.shape}, got {targets.shape}")
+    if not (targets.dtype.is_floating or targets.dtype.is_integer or targets.dtype == tf.bool):
+        raise ValueError(f"targets: expected numeric targets, got dtype {targets.dtype.name}")
+    return tf.cast(targets, y_pred.dtype)
+
+
+def _same_shape_guard(targets: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """1, or NaN when runtime shapes differ (they would otherwise broadcast to a wrong number)."""
+    if targets.shape.is_fully_defined() and y_pred.shape.is_fully_defined():
+        return tf.constant(1.0, y_pred.dtype)
+    same = tf.reduce_all(tf.equal(tf.shape(targets), tf.shape(y_pred)))
+    return tf.where(same, tf.constant(1.0, y_pred.dtype), tf.constant(np.nan, y_pred.dtype))
+
+
+def _per_class_value(name, value, num_classes, dtype, *, high=np.inf):
+    """A Python float (scalar) or a (C,) constant; built inside the caller's graph, never captured."""
+    canonical = params.per_class(name, value, num_classes=num_classes, high=high)
+    return canonical if isinstance(canonical, float) else tf.constant(canonical, dtype)
+
+
+def _class_weight(alpha, class_weight, num_classes, dtype):
+    """alpha * class_weight as one scalar or (C,) constant; None when both are absent."""
+    weight = None
+    if alpha is not None:
+        weight = np.asarray(params.per_class("alpha", alpha, num_classes=num_classes))
+    if class_weight is not None:
+        per_class = np.asarray(
+            params.per_class("class_weight", class_weight, num_classes=num_classes, allow_scalar=False)
+        )
+        if weight is not None and weight.ndim and weight.shape != per_class.shape:
+            raise ValueError(f"class_weight: expected {weight.size} values to match alpha, got {per_class.size}")
+        weight = per_class if weight is None else weight * per_class
+    if weight is None:
+        return None
+    return float(weight) if weight.ndim == 0 else tf.constant(weight, dtype)
+
+
+def _at(value, class_index):
+    """A per-class value picked at each position's label; scalars pass through."""
+    if value is None or isinstance(value, float):
+        return value
+    return tf.gather(value, class_index)
+
+
+def _raise_on_bad_labels(labels: tf.Tensor, valid: tf.Tensor, ignore_index, num_classes: int) -> None:
+    if bool(tf.reduce_all(valid)):
+        return
+    first = tuple(int(i) for i in np.argwhere(~valid.numpy())[0])
+    value = labels.numpy()[first].item()
+    allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+    raise ValueError(f"labels: {value!r} at index {first} is not a class index in {allowed}")

@@ -1,0 +1,88 @@
+"""From a `FocalSpec` to a callable loss and to a `tf.function` graph with a fixed signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+
+from focal_graph import presets
+from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
+from focal_graph.reduction import reduce_loss
+from focal_graph.spec import FocalSpec
+from focal_graph.weights import class_weights
+
+
+@dataclass(frozen=True)
+class _Loss:
+    function: Callable
+    arguments: tuple[str, ...]  # FocalSpec fields passed through by name
+    sparse: bool  # integer labels (..., ) rather than targets (..., C)
+
+
+_COMMON = ("gamma", "alpha", "class_weight", "from_logits", "epsilon")
+LOSSES = {
+    ("variant", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, _COMMON + ("ignore_index",), sparse=True),
+    ("variant", "softmax"): _Loss(softmax_focal_loss, _COMMON + ("label_smoothing",), sparse=False),
+    ("variant", "sigmoid"): _Loss(sigmoid_focal_loss, _COMMON + ("label_smoothing",), sparse=False),
+    ("preset", "multilabel_lsr"): _Loss(
+        presets.multilabel_lsr_loss, ("gamma", "class_weight", "label_smoothing", "epsilon"), sparse=False
+    ),
+    ("preset", "multi_category"): _Loss(presets.multi_category_loss, ("gamma", "class_weight", "epsilon"), sparse=False),
+    ("preset", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, ("gamma", "alpha"), sparse=True),
+}
+
+
+class SpecLoss:
+    """``loss(y_true, y_pred)`` for a spec: its loss function, then its reduction.
+
+    ``y_true`` is integer labels (...) for sparse losses, targets (..., C) otherwise. A mean
+    leaves ``ignore_index`` positions out of its denominator.
+    """
+
+    def __init__(self, spec: FocalSpec):
+        self.spec = spec
+        self._loss = LOSSES[spec.kind]
+        # Fields that do not apply stay None in the spec; the function's own default then holds.
+        arguments = {name: getattr(spec, name) for name in self._loss.arguments if getattr(spec, name) is not None}
+        if spec.class_counts is not None:
+            arguments["class_weight"] = tuple(class_weights(spec.class_counts, spec.weighting or "inverse_frequency", spec.beta or 0.999))
+        self.arguments = arguments
+
+    @property
+    def sparse(self) -> bool:
+        return self._loss.sparse
+
+    def unreduced(self, y_true, y_pred) -> tf.Tensor:
+        return self._loss.function(y_true, y_pred, **self.arguments)
+
+    def __call__(self, y_true, y_pred) -> tf.Tensor:
+        loss = self.unreduced(y_true, y_pred)
+        mask = None
+        if self.sparse and self.spec.ignore_index is not None:
+            mask = tf.not_equal(tf.cast(y_true, tf.int64), self.spec.ignore_index)
+        return reduce_loss(loss, self.spec.reduction, mask)
+
+    def __repr__(self) -> str:
+        return f"SpecLoss({self.spec!r})"
+
+
+def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+    """``(labels | targets, logits | probabilities)``: every dimension None but a fixed C."""
+    batch = [None] * (spec.rank - 1)
+    dtype = tf.as_dtype(spec.dtype)
+    prediction_name = "logits" if spec.from_logits else "probabilities"
+    predictions = tf.TensorSpec(batch + [spec.num_classes], dtype, name=prediction_name)
+    if LOSSES[spec.kind].sparse:
+        return tf.TensorSpec(batch, tf.int64, name="labels"), predictions
+    return tf.TensorSpec(batch + [spec.num_classes], dtype, name="targets"), predictions
+
+
+def build_graph(spec: FocalSpec) -> tf.types.experimental.PolymorphicFunction:
+    """The spec's loss as a `tf.function` with an explicit input signature (see `input_signature`).
+
+    Every constant is created inside the traced function, so tf2onnx sees no captured inputs.
+    """
+    loss = SpecLoss(spec)
+    return tf.function(loss.__call__, input_signature=input_signature(spec), autograph=False)

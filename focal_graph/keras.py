@@ -1,0 +1,132 @@
+"""Keras `Loss` wrappers: each stores its arguments and calls the function; no math of its own.
+
+All are registered (package ``focal_graph``), so a model compiled with one saves to ``.keras``
+and loads back once this module is imported. Keras reduces the per-position output (by default
+the mean over the batch, honouring ``sample_weight``); ``SparseSoftmaxFocalLoss`` marks
+``ignore_index`` positions with a Keras mask, so they leave the mean's denominator.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from focal_graph import presets
+from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
+from focal_graph.graph import SpecLoss
+from focal_graph.spec import FocalSpec
+
+_PACKAGE = "focal_graph"
+
+
+class _FocalLoss(keras.losses.Loss):
+    """Stores the loss's keyword arguments; `get_config` returns them."""
+
+    def __init__(self, arguments: dict, *, reduction, name, dtype):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        # get_config must be JSON: per-class values as plain lists of numbers.
+        self.arguments = {key: _plain(value) for key, value in arguments.items()}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.arguments}
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)) or hasattr(value, "tolist"):
+        return np.asarray(value).tolist()
+    return value
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SparseSoftmaxFocalLoss(_FocalLoss):
+    """`focal_graph.sparse_softmax_focal_loss` as a Keras loss. Labels (N,) or (N, 1).
+
+    With ``alpha`` per class and ``gamma``, this is also the seed-002 preset
+    (`focal_graph.presets.sparse_softmax`): Keras's mean reduction gives the seed's scalar.
+    """
+
+    def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, ignore_index=None,
+                 epsilon=1e-7, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
+        arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
+                         ignore_index=ignore_index, epsilon=epsilon)
+        super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == 1:
+            y_true = tf.squeeze(y_true, axis=-1)
+        loss = sparse_softmax_focal_loss(y_true, y_pred, **self.arguments)
+        ignore_index = self.arguments["ignore_index"]
+        if ignore_index is not None:
+            keras.backend.set_keras_mask(loss, tf.not_equal(y_true, tf.cast(ignore_index, y_true.dtype)))
+        return loss
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SoftmaxFocalLoss(_FocalLoss):
+    """`focal_graph.softmax_focal_loss` as a Keras loss (one-hot or soft targets)."""
+
+    def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
+                 epsilon=1e-7, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
+        arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
+                         label_smoothing=label_smoothing, epsilon=epsilon)
+        super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return softmax_focal_loss(y_true, y_pred, **self.arguments)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SigmoidFocalLoss(_FocalLoss):
+    """`focal_graph.sigmoid_focal_loss` as a Keras loss; per-class output (Keras means it)."""
+
+    def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
+                 epsilon=1e-7, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
+        arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
+                         label_smoothing=label_smoothing, epsilon=epsilon)
+        super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return sigmoid_focal_loss(y_true, y_pred, **self.arguments)
+
+
+class _PresetLoss(_FocalLoss):
+    """A preset's unreduced output (the per-sample vector the seed returned to Keras)."""
+
+    def __init__(self, preset: SpecLoss, arguments: dict, *, reduction, name, dtype):
+        super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
+        self._preset = preset
+
+    def call(self, y_true, y_pred):
+        return self._preset.unreduced(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MultilabelLSRFocalLoss(_PresetLoss):
+    """Seed 000 (`focal_graph.presets.multilabel_lsr`): per-sample loss, shape (N,)."""
+
+    def __init__(self, class_counts, gamma=2.0, epsilon=0.1, reduction="sum_over_batch_size",
+                 name="multilabel_lsr_focal_loss", dtype=None):
+        preset = presets.multilabel_lsr(class_counts, gamma=gamma, epsilon=epsilon)
+        arguments = dict(class_counts=class_counts, gamma=gamma, epsilon=epsilon)
+        super().__init__(preset, arguments, reduction=reduction, name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MultiCategoryFocalLoss(_PresetLoss):
+    """Seed 001 (`focal_graph.presets.multi_category`): per-sample loss, shape (N, 1)."""
+
+    def __init__(self, class_counts, gamma=2.0, reduction="sum_over_batch_size",
+                 name="multi_category_focal_loss", dtype=None):
+        preset = presets.multi_category(class_counts, gamma=gamma)
+        arguments = dict(class_counts=class_counts, gamma=gamma)
+        super().__init__(preset, arguments, reduction=reduction, name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FocalSpecLoss(_PresetLoss):
+    """Any `FocalSpec` (variant or preset) as a Keras loss; the spec's own reduction is not applied."""
+
+    def __init__(self, spec, reduction="sum_over_batch_size", name="focal_spec_loss", dtype=None):
+        spec = spec if isinstance(spec, FocalSpec) else FocalSpec.from_dict(spec)
+        super().__init__(SpecLoss(spec), dict(spec=spec.to_dict()), reduction=reduction, name=name, dtype=dtype)

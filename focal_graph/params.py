@@ -1,0 +1,101 @@
+"""Validation of loss parameters, shared by the loss functions and `FocalSpec`.
+
+numpy only, so a host without TensorFlow can validate a spec. Every check returns the value in
+canonical form (a float, or a tuple of floats for per-class values) or raises a ValueError that
+names the argument, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+
+PerClass = Union[float, tuple[float, ...]]
+
+REDUCTIONS = ("none", "sum", "mean")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def per_class(
+    name: str,
+    value,
+    *,
+    num_classes: int | None = None,
+    low: float = 0.0,
+    high: float = math.inf,
+    allow_scalar: bool = True,
+) -> PerClass:
+    """A scalar or one value per class, every value finite and in [low, high]."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number or a list of numbers, got {value!r}") from None
+    if array.ndim == 0 and allow_scalar:
+        canonical: PerClass = float(array)
+    elif array.ndim == 1 and array.size > 0:
+        canonical = tuple(float(v) for v in array)
+        if num_classes is not None and len(canonical) != num_classes:
+            raise ValueError(f"{name}: expected {num_classes} values (one per class), got {len(canonical)}")
+    else:
+        expected = "a number or a non-empty 1-D list" if allow_scalar else "a non-empty 1-D list (one value per class)"
+        raise ValueError(f"{name}: expected {expected}, got shape {array.shape}")
+    flat = np.atleast_1d(array)
+    bad = np.flatnonzero(~np.isfinite(flat) | (flat < low) | (flat > high))
+    if bad.size:
+        i = int(bad[0])
+        where = "" if array.ndim == 0 else f" for class {i}"
+        raise ValueError(f"{name}: expected values in {_interval(low, high)}, got {flat[i]!r}{where}")
+    return canonical
+
+
+def unit_float(name: str, value, *, low: float = 0.0, high: float = 1.0, open_low: bool = False, open_high: bool = False) -> float:
+    """A single finite float inside an interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    number = float(value)
+    if (
+        not math.isfinite(number)
+        or number < low
+        or number > high
+        or (open_low and number == low)
+        or (open_high and number == high)
+    ):
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise ValueError(f"{name}: expected a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+    return number
+
+
+def epsilon(value) -> float:
+    """Probability clip: predictions are clipped to [epsilon, 1 - epsilon]."""
+    return unit_float("epsilon", value, low=0.0, high=0.5, open_low=True, open_high=True)
+
+
+def label_smoothing(value) -> float:
+    return unit_float("label_smoothing", value)
+
+
+def reduction(value) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {value!r}")
+    return value
+
+
+def integer(name: str, value, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def vector_length(value: PerClass | Sequence[float] | None) -> int | None:
+    return len(value) if isinstance(value, tuple) else None
+
+
+def _interval(low: float, high: float) -> str:
+    if math.isinf(high):
+        return f"[{low:g}, inf)"
+    return f"[{low:g}, {high:g}]"

@@ -1,0 +1,107 @@
+"""Presets: the three seed snippets' math, as compositions of the variant functions.
+
+Each constructor returns a `SpecLoss`: a callable ``loss(y_true, y_pred)`` like the seeds' inner
+functions, with a ``.spec`` (a `FocalSpec`) that `build_graph` and the exporter take.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from focal_graph.focal import predictions_in_compute_dtype, sigmoid_focal_loss, softmax_focal_loss
+from focal_graph.spec import FocalSpec
+
+KERAS_EPSILON = 1e-7  # K.epsilon(): the clip inside K.categorical_crossentropy, which seed 000 calls.
+
+
+def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
+    """Seed 000: multi-label focal loss on probabilities, class weights from counts, plus LSR.
+
+    Per sample n (the vector the seed's Keras loss returns before Keras averages it), with
+    ``w_c`` the inverse-frequency weights and ``e = epsilon``::
+
+        loss_n = (1 - e) * mean_c[ y_nc * w_c * (1 - p_nc)**gamma * -log p_nc ]
+                 + e * -(1/C) sum_c log(p_nc / sum_k p_nk)
+
+    Args:
+        class_counts: training samples per class, shape (C,).
+        gamma: focusing parameter.
+        epsilon: weight ``e`` of the label-smoothing-regularisation (LSR) term; the seed's ``e``.
+            Stored in the spec as ``label_smoothing``, which is what it is.
+
+    Fixed from the seed: it reduces the focal term over the whole batch (``tf.reduce_mean`` with
+    no axis) before adding the per-sample LSR term, so every sample carried the batch's focal
+    loss. Here the focal term is reduced over classes only: each entry is that sample's own loss,
+    and the batch mean (what Keras reports) is unchanged. It also shadowed ``sum`` (a NameError as
+    written). Kept on purpose: the focal term counts positive classes only (alpha = 1 for
+    positives, 0 for negatives), p is clipped at 1e-8 in the focal term and at Keras's 1e-7 in the
+    LSR term, and the LSR term normalises p to sum 1, as K.categorical_crossentropy does.
+    """
+    return _spec_loss(
+        FocalSpec(preset="multilabel_lsr", class_counts=_counts(class_counts), gamma=gamma, label_smoothing=epsilon)
+    )
+
+
+def multi_category(class_counts, gamma=2.0):
+    """Seed 001: per-class binary focal loss on probabilities, weighted by class, output (N, 1).
+
+    ``loss_n = sum_c w_c * (1 - pt_nc)**gamma * -log pt_nc`` with ``pt = y p + (1 - y)(1 - p)``,
+    ``p`` clipped to [1e-7, 1 - 1e-7] and ``w_c`` the inverse-frequency weights; shape (..., 1)
+    (the seed's ``matmul`` with a (C, 1) weight column). Its formula is kept: every class,
+    positive or negative, contributes as a binary problem. Generalised from the seed: the counts
+    are an argument instead of a global, and any rank >= 2 works.
+    """
+    return _spec_loss(FocalSpec(preset="multi_category", class_counts=_counts(class_counts), gamma=gamma))
+
+
+def sparse_softmax(alpha, gamma=2.0):
+    """Seed 002: softmax focal loss from logits with sparse labels, the scalar mean.
+
+    ``mean over positions of -alpha[label] * (1 - p_t)**gamma * log p_t``, for logits (N, C),
+    (N, P, C) or any rank, every dimension unknown at trace time. ``alpha`` is one weight per
+    class; the seed's (C, 1) column ``[[1], [1], ...]`` is accepted too.
+
+    Fixed from the seed: ``tf.range(0, logits.shape[0])`` failed when the batch dimension was
+    unknown; ``tf.gather`` on the (C, 1) alpha gave an (N, 1) column that broadcast against the
+    (N,) loss to (N, N), so any non-uniform alpha returned mean(alpha_t) * mean(loss) instead of
+    mean(alpha_t * loss); and the clip of p to [1e-7, 1 - 1e-7] capped the loss at 16.1 * alpha
+    with zero gradient for confidently wrong logits (here log p_t = z_t - logsumexp(z), exact).
+    """
+    alpha_values = np.asarray(alpha, dtype=np.float64)
+    if alpha_values.ndim == 2 and alpha_values.shape[1] == 1:
+        alpha_values = alpha_values[:, 0]
+    alpha = tuple(float(a) for a in alpha_values) if alpha_values.ndim == 1 else alpha
+    return _spec_loss(FocalSpec(preset="sparse_softmax", alpha=alpha, gamma=gamma))
+
+
+def multilabel_lsr_loss(targets, probabilities, *, gamma, class_weight, label_smoothing, epsilon):
+    """The composition behind `multilabel_lsr`; shape (...)."""
+    probabilities, out_dtype = predictions_in_compute_dtype("probabilities", probabilities)
+    focal = sigmoid_focal_loss(
+        targets, probabilities, gamma=gamma, alpha=1.0, class_weight=class_weight, from_logits=False, epsilon=epsilon
+    )
+    uniform = tf.ones_like(probabilities) / tf.cast(tf.shape(probabilities)[-1], probabilities.dtype)
+    smoothing = softmax_focal_loss(uniform, probabilities, gamma=0.0, from_logits=False, epsilon=KERAS_EPSILON)
+    loss = (1.0 - label_smoothing) * tf.reduce_mean(focal, axis=-1) + label_smoothing * smoothing
+    return tf.cast(loss, out_dtype)
+
+
+def multi_category_loss(targets, probabilities, *, gamma, class_weight, epsilon):
+    """The composition behind `multi_category`; shape (..., 1)."""
+    probabilities, out_dtype = predictions_in_compute_dtype("probabilities", probabilities)
+    focal = sigmoid_focal_loss(
+        targets, probabilities, gamma=gamma, class_weight=class_weight, from_logits=False, epsilon=epsilon
+    )
+    return tf.cast(tf.reduce_sum(focal, axis=-1, keepdims=True), out_dtype)
+
+
+def _counts(class_counts):
+    values = np.asarray(class_counts)
+    return tuple(values.tolist()) if values.ndim == 1 else class_counts
+
+
+def _spec_loss(spec):
+    from focal_graph.graph import SpecLoss  # graph.py's table names this module's compositions
+
+    return SpecLoss(spec)

@@ -1,0 +1,229 @@
+"""`FocalSpec`: a complete, serialisable description of one focal loss.
+
+Pure Python (plus numpy for validation): an ONNX-Runtime-only host can read and check a spec
+without TensorFlow. `focal_graph.graph.build_graph` turns a spec into a TensorFlow graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from focal_graph import params
+from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts
+
+VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
+PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
+SPEC_VERSION = 1
+
+# Which optional fields each loss takes, and their defaults. Fields not listed for a loss must be
+# left unset: a parameter that would be silently ignored is a configuration error.
+_ALWAYS = ("num_classes", "gamma", "reduction", "rank", "dtype")
+_WEIGHTED = ("alpha", "class_weight", "class_counts", "weighting", "beta")
+_FIELDS = {
+    ("variant", "sparse_softmax"): _WEIGHTED + ("from_logits", "ignore_index", "epsilon"),
+    ("variant", "softmax"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
+    ("variant", "sigmoid"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
+    ("preset", "multilabel_lsr"): ("class_counts", "from_logits", "label_smoothing", "epsilon"),
+    ("preset", "multi_category"): ("class_counts", "from_logits", "epsilon"),
+    ("preset", "sparse_softmax"): ("alpha", "from_logits"),
+}
+_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("variant", "sparse_softmax"): {"from_logits": True, "reduction": "none"},
+    ("variant", "softmax"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
+    ("variant", "sigmoid"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
+    # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by e = 0.1; 001 clips at
+    # 1e-7 (Keras's epsilon); 002 takes logits and returns the mean.
+    ("preset", "multilabel_lsr"): {"from_logits": False, "label_smoothing": 0.1, "epsilon": 1e-8, "reduction": "none"},
+    ("preset", "multi_category"): {"from_logits": False, "epsilon": 1e-7, "reduction": "none"},
+    ("preset", "sparse_softmax"): {"from_logits": True, "reduction": "mean"},
+}
+_REQUIRED = {
+    ("preset", "multilabel_lsr"): ("class_counts",),
+    ("preset", "multi_category"): ("class_counts",),
+    ("preset", "sparse_softmax"): ("alpha",),
+}
+_FIXED = {("preset", name): {"from_logits": _DEFAULTS[("preset", name)]["from_logits"]} for name in PRESETS}
+
+PerClass = Union[float, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class FocalSpec:
+    """One focal loss: a `variant` or a `preset`, and its parameters.
+
+    Fields use the names of the loss functions' arguments. Unset fields (None) take the loss's
+    default on construction, so a constructed spec is explicit: ``to_json()`` shows every value the
+    graph uses, and fields that do not apply to the chosen loss stay None.
+
+    - ``variant``: ``sparse_softmax`` | ``softmax`` | ``sigmoid``; or ``preset``:
+      ``multilabel_lsr`` | ``multi_category`` | ``sparse_softmax`` (exactly one of the two).
+    - ``num_classes``: C; fixed in the graph's signature when set. Inferred from per-class values.
+    - ``gamma``, ``alpha``, ``class_weight``: scalars or one value per class (``class_weight`` is
+      per class only). ``class_counts`` (with ``weighting`` and ``beta``) derives ``class_weight``.
+    - ``from_logits``, ``label_smoothing``, ``ignore_index``, ``epsilon`` (probability clip),
+      ``reduction`` (``none`` | ``sum`` | ``mean``).
+    - ``rank``: rank of the predictions, class axis included (>= 2); ``dtype`` of the predictions.
+
+    Invalid values raise a ValueError naming the field.
+    """
+
+    variant: Optional[str] = None
+    preset: Optional[str] = None
+    num_classes: Optional[int] = None
+    gamma: Optional[PerClass] = None
+    alpha: Optional[PerClass] = None
+    class_weight: Optional[tuple[float, ...]] = None
+    class_counts: Optional[tuple[float, ...]] = None
+    weighting: Optional[str] = None
+    beta: Optional[float] = None
+    from_logits: Optional[bool] = None
+    label_smoothing: Optional[float] = None
+    ignore_index: Optional[int] = None
+    epsilon: Optional[float] = None
+    reduction: Optional[str] = None
+    rank: int = 2
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name, value in _validated(self).items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """``("variant", name)`` or ``("preset", name)``."""
+        return ("variant", self.variant) if self.variant is not None else ("preset", self.preset)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind[0]}:{self.kind[1]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FocalSpec:
+        """Build from a dict; keys may use ``-`` for ``_`` (as command lines write them)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"spec: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name == "spec_version":
+                if value != SPEC_VERSION:
+                    raise ValueError(f"spec_version: this focalgraph reads version {SPEC_VERSION}, got {value!r}")
+                continue
+            if name not in known:
+                raise ValueError(f"{key}: not a FocalSpec field (fields: {', '.join(sorted(known))})")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps({"spec_version": SPEC_VERSION, **self.to_dict()}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> FocalSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"spec: not valid JSON ({error})") from None
+        return cls.from_dict(data)
+
+
+def _validated(spec: FocalSpec) -> dict[str, Any]:
+    """Every field's canonical value, with defaults resolved; raises ValueError naming the field."""
+    if (spec.variant is None) == (spec.preset is None):
+        raise ValueError(
+            f"variant/preset: give exactly one (variant: {', '.join(VARIANTS)}; preset: {', '.join(PRESETS)})"
+        )
+    kind = ("variant", spec.variant) if spec.variant is not None else ("preset", spec.preset)
+    allowed = VARIANTS if kind[0] == "variant" else PRESETS
+    if kind[1] not in allowed:
+        raise ValueError(f"{kind[0]}: expected one of {', '.join(allowed)}, got {kind[1]!r}")
+
+    fields = set(_FIELDS[kind]) | set(_ALWAYS)
+    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    for name, value in values.items():
+        if name in ("variant", "preset", "rank", "dtype") or value is None:
+            continue
+        if name not in fields:
+            takes = ", ".join(sorted(fields))
+            raise ValueError(f"{name}: does not apply to {kind[0]} {kind[1]!r} (it takes: {takes})")
+    for name in _REQUIRED.get(kind, ()):
+        if values[name] is None:
+            raise ValueError(f"{name}: required by {kind[0]} {kind[1]!r}")
+    for name, fixed in _FIXED.get(kind, {}).items():
+        if values[name] is not None and values[name] != fixed:
+            raise ValueError(f"{name}: {kind[0]} {kind[1]!r} is defined with {name}={fixed}, got {values[name]!r}")
+
+    out = dict(values)
+    for name, default in _DEFAULTS[kind].items():
+        if out[name] is None:
+            out[name] = default
+    if out["gamma"] is None:
+        out["gamma"] = 2.0
+
+    out["rank"] = params.integer("rank", out["rank"], minimum=2)
+    if out["dtype"] not in params.DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {out['dtype']!r}")
+    out["reduction"] = params.reduction(out["reduction"])
+    if not isinstance(out["from_logits"], bool):
+        raise ValueError(f"from_logits: expected true or false, got {out['from_logits']!r}")
+
+    if out["num_classes"] is not None:
+        out["num_classes"] = params.integer("num_classes", out["num_classes"], minimum=1)
+    # Per-class values fix C; they must agree with each other and with num_classes.
+    num_classes = out["num_classes"]
+    is_sigmoid = kind == ("variant", "sigmoid")
+    checks = {
+        "gamma": dict(low=0.0),
+        "alpha": dict(low=0.0, high=1.0 if is_sigmoid else math.inf),
+        "class_weight": dict(low=0.0, allow_scalar=False),
+    }
+    for name, bounds in checks.items():
+        if out[name] is None:
+            continue
+        out[name] = params.per_class(name, out[name], num_classes=num_classes, **bounds)
+        num_classes = num_classes or params.vector_length(out[name])
+    if out["class_counts"] is not None:
+        if out["class_weight"] is not None:
+            raise ValueError("class_counts: give class_weight or class_counts, not both")
+        counts = check_class_counts(out["class_counts"])
+        if num_classes is not None and len(counts) != num_classes:
+            raise ValueError(f"class_counts: expected {num_classes} counts (one per class), got {len(counts)}")
+        num_classes = len(counts)
+        out["class_counts"] = tuple(int(c) if isinstance(c, int) and not isinstance(c, bool) else float(c) for c in out["class_counts"])
+        if kind[0] == "variant":
+            out["weighting"] = out["weighting"] or "inverse_frequency"
+            if out["weighting"] not in WEIGHTINGS:
+                raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {out['weighting']!r}")
+            if out["weighting"] == "effective_number":
+                out["beta"] = 0.999 if out["beta"] is None else out["beta"]
+                check_beta(out["beta"])
+                out["beta"] = float(out["beta"])
+            elif out["beta"] is not None:
+                raise ValueError("beta: applies only with weighting 'effective_number'")
+    elif out["weighting"] is not None or out["beta"] is not None:
+        name = "weighting" if out["weighting"] is not None else "beta"
+        raise ValueError(f"{name}: applies only with class_counts")
+    out["num_classes"] = num_classes
+
+    if out["label_smoothing"] is not None:
+        out["label_smoothing"] = params.label_smoothing(out["label_smoothing"])
+    if out["ignore_index"] is not None:
+        out["ignore_index"] = params.integer("ignore_index", out["ignore_index"])
+    if "epsilon" in fields:
+        if out["from_logits"]:
+            if out["epsilon"] is not None:
+                raise ValueError("epsilon: applies only with from_logits=false (logits are never clipped)")
+        else:
+            out["epsilon"] = params.epsilon(1e-7 if out["epsilon"] is None else out["epsilon"])
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,63 @@
+"""Class weights from class counts (numpy only: these are constants of a loss, not graph ops)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+WEIGHTINGS = ("inverse_frequency", "effective_number")
+
+
+def class_weights(
+    counts: Sequence[float],
+    method: str = "inverse_frequency",
+    beta: float = 0.999,
+) -> np.ndarray:
+    """One weight per class from the number of training samples of each class.
+
+    Args:
+        counts: ``n_c`` for each class c, shape (C,); every count > 0.
+        method: ``"inverse_frequency"``: ``w_c = (T / n_c) / sum_k (T / n_k)`` with
+            ``T = sum_k n_k``, exactly as seeds 000 and 001 compute it (the weights sum to 1).
+            ``"effective_number"`` (Cui et al., CVPR 2019): ``w_c = (1 - beta) / (1 - beta**n_c)``,
+            then normalised to sum to C.
+        beta: the effective-number hyper-parameter, in [0, 1); used only by that method.
+
+    Returns:
+        float64 array of shape (C,).
+    """
+    values = check_class_counts(counts)
+    if method == "inverse_frequency":
+        total = float(np.sum(values))
+        inverse = total / values
+        return inverse / np.sum(inverse)
+    if method == "effective_number":
+        check_beta(beta)
+        # 1 - beta**n loses every digit when beta is close to 1 and n is small;
+        # -expm1(n * log1p(-beta)) is the same number computed without that cancellation.
+        one_minus_beta_n = -np.expm1(values * math.log1p(-beta))
+        weights = (1.0 - beta) / one_minus_beta_n
+        return weights * (len(values) / np.sum(weights))
+    raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {method!r}")
+
+
+def check_class_counts(counts: Sequence[float]) -> np.ndarray:
+    """The counts as a float64 vector, or a ValueError naming ``class_counts``."""
+    try:
+        values = np.asarray(counts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"class_counts: expected a list of positive numbers, got {counts!r}") from None
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"class_counts: expected a non-empty 1-D list of counts, got shape {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"class_counts: every count must be a finite number > 0, got {values[i]!r} for class {i}")
+    return values
+
+
+def check_beta(beta: float) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
