@@ -20,12 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from focal_graph import params
-from focal_graph.probabilities import (
-    one_minus_exp,
-    sigmoid_log_probs,
-    softmax_log_prob_at,
-    softmax_log_probs,
-)
+from focal_graph.probabilities import sigmoid_log_probs, softmax_log_prob_at, softmax_log_probs
 
 DEFAULT_EPSILON = 1e-7  # Keras's backend epsilon, the clip the seeds use.
 
@@ -70,23 +65,27 @@ def sparse_softmax_focal_loss(
     epsilon = params.epsilon(epsilon)
 
     num_classes_t = tf.cast(tf.shape(logits)[-1], labels.dtype)
-    valid = tf.logical_and(labels >= 0, labels < num_classes_t)
-    if ignore_index is not None:
-        ignored = tf.equal(labels, params.integer("ignore_index", ignore_index))
-        valid = tf.logical_and(valid, tf.logical_not(ignored))
+    in_range = tf.logical_and(labels >= 0, labels < num_classes_t)
     if labels.dtype.is_floating:
-        valid = tf.logical_and(valid, tf.equal(labels, tf.floor(labels)))
+        in_range = tf.logical_and(in_range, tf.equal(labels, tf.floor(labels)))
+    ignored = None
+    if ignore_index is not None:
+        ignored = tf.equal(labels, tf.cast(params.integer("ignore_index", ignore_index), labels.dtype))
     if tf.executing_eagerly():
-        _raise_on_bad_labels(labels, valid, ignore_index, int(tf.shape(logits)[-1]))
-    class_index = tf.cast(tf.where(valid, labels, tf.zeros_like(labels)), tf.int64)
+        _raise_on_bad_labels(labels, in_range, ignored, ignore_index, int(tf.shape(logits)[-1]))
+    class_index = tf.cast(tf.where(in_range, labels, tf.zeros_like(labels)), tf.int64)
 
     log_p_t = softmax_log_prob_at(logits, class_index, from_logits=from_logits, epsilon=epsilon)
-    loss = _focal_term(-log_p_t, one_minus_exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
+    loss = _focal_term(-log_p_t, 1.0 - tf.exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
 
-    nan = tf.constant(np.nan, loss.dtype)
-    loss = tf.where(valid, loss, nan)
-    if ignore_index is not None:
+    # tf2onnx lowers a float tf.where to cond * a + (1 - cond) * b unless a branch is a NaN or Inf
+    # constant, and NaN * 0 is NaN: so zero the ignored positions while every loss is still
+    # finite, then write the NaN constant (kept a real Where) at the invalid ones.
+    counted = in_range
+    if ignored is not None:
         loss = tf.where(ignored, tf.zeros_like(loss), loss)
+        counted = tf.logical_or(in_range, ignored)
+    loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))
     return tf.cast(loss, out_dtype)
 
 
@@ -129,7 +128,7 @@ def softmax_focal_loss(
         num_classes_t = tf.cast(tf.shape(y_pred)[-1], y_pred.dtype)
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes_t
     log_p = softmax_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
-    per_class = _focal_term(-log_p * targets, one_minus_exp(log_p), gamma, weight)
+    per_class = _focal_term(-log_p * targets, 1.0 - tf.exp(log_p), gamma, weight)
     loss = tf.reduce_sum(per_class, axis=-1) * _same_shape_guard(targets, y_pred)
     return tf.cast(loss, out_dtype)
 
@@ -279,10 +278,13 @@ def _at(value, class_index):
     return tf.gather(value, class_index)
 
 
-def _raise_on_bad_labels(labels: tf.Tensor, valid: tf.Tensor, ignore_index, num_classes: int) -> None:
-    if bool(tf.reduce_all(valid)):
+def _raise_on_bad_labels(labels, in_range, ignored, ignore_index, num_classes: int) -> None:
+    bad = tf.logical_not(in_range)
+    if ignored is not None:
+        bad = tf.logical_and(bad, tf.logical_not(ignored))
+    if not bool(tf.reduce_any(bad)):
         return
-    first = tuple(int(i) for i in np.argwhere(~valid.numpy())[0])
+    first = tuple(int(i) for i in np.argwhere(bad.numpy())[0])
     value = labels.numpy()[first].item()
     allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
     raise ValueError(f"labels: {value!r} at index {first} is not a class index in {allowed}")

@@ -12,6 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+# Keras reads a loss's mask from this attribute setter; it is not re-exported under keras.backend.
+from keras.src.backend import set_keras_mask
+
 from focal_graph import presets
 from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
 from focal_graph.graph import SpecLoss
@@ -58,7 +61,7 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
         loss = sparse_softmax_focal_loss(y_true, y_pred, **self.arguments)
         ignore_index = self.arguments["ignore_index"]
         if ignore_index is not None:
-            keras.backend.set_keras_mask(loss, tf.not_equal(y_true, tf.cast(ignore_index, y_true.dtype)))
+            set_keras_mask(loss, tf.not_equal(y_true, tf.cast(ignore_index, y_true.dtype)))
         return loss
 
 

@@ -34,8 +34,11 @@ def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
     no axis) before adding the per-sample LSR term, so every sample carried the batch's focal
     loss. Here the focal term is reduced over classes only: each entry is that sample's own loss,
     and the batch mean (what Keras reports) is unchanged. It also shadowed ``sum`` (a NameError as
-    written). Kept on purpose: the focal term counts positive classes only (alpha = 1 for
-    positives, 0 for negatives), p is clipped at 1e-8 in the focal term and at Keras's 1e-7 in the
+    written). Kept on purpose, as the seed builds it twice (its ``one_minus_p`` and its ``alpha``
+    are both zero where the target is 0): the focal term counts positive classes only, so negative
+    classes enter only through the LSR term, which pulls every p towards the same value. With
+    sigmoid outputs nothing pushes a negative class down: use the ``sigmoid`` variant for a
+    focal loss that does. Also kept: p is clipped at 1e-8 in the focal term and at Keras's 1e-7 in the
     LSR term, and the LSR term normalises p to sum 1, as K.categorical_crossentropy does.
     """
     return _spec_loss(

@@ -23,9 +23,9 @@ def reduce_loss(loss, reduction: str = "mean", mask=None) -> tf.Tensor:
         accumulated in float32 and cast back.
     """
     reduction = params.reduction(reduction)
+    loss = tf.convert_to_tensor(loss)
     if reduction == "none":
         return loss
-    loss = tf.convert_to_tensor(loss)
     out_dtype = loss.dtype
     if out_dtype in (tf.float16, tf.bfloat16):
         loss = tf.cast(loss, tf.float32)
@@ -33,6 +33,8 @@ def reduce_loss(loss, reduction: str = "mean", mask=None) -> tf.Tensor:
         count = tf.size(loss, out_type=tf.int64)
     else:
         mask = tf.convert_to_tensor(mask)
+        # tf2onnx lowers this to mask * loss: a NaN at a masked-out position would survive there
+        # (focal_graph's own losses are 0 at ignored positions).
         loss = tf.where(mask, loss, tf.zeros_like(loss))
         count = tf.reduce_sum(tf.cast(mask, tf.int64))
     total = tf.reduce_sum(loss)

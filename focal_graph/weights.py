@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +34,12 @@ def class_weights(
         return inverse / np.sum(inverse)
     if method == "effective_number":
         check_beta(beta)
-        # 1 - beta**n loses every digit when beta is close to 1 and n is small;
-        # -expm1(n * log1p(-beta)) is the same number computed without that cancellation.
-        one_minus_beta_n = -np.expm1(values * math.log1p(-beta))
+        # 1 - beta**n loses digits when beta is close to 1; -expm1(n * log(beta)), with
+        # log(beta) = log1p(beta - 1) (beta - 1 is exact), is the same number without that
+        # cancellation. beta = 0 gives log(0) = -inf and 1 - 0**n = 1, as it should.
+        with np.errstate(divide="ignore"):
+            log_beta = np.log1p(float(beta) - 1.0)
+        one_minus_beta_n = -np.expm1(values * log_beta)
         weights = (1.0 - beta) / one_minus_beta_n
         return weights * (len(values) / np.sum(weights))
     raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {method!r}")

@@ -1,0 +1,22 @@
+import os
+
+# Before TensorFlow is imported anywhere in the test process.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "focalgraph",
+    deadline=None,  # the first call of a TF op is slow; time is not what these tests check
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("focalgraph")
+
+
+@pytest.fixture
+def rng(request):
+    # One stream per test, stable across runs and independent of test order.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))
