@@ -47,7 +47,10 @@ class SpecLoss:
         # Fields that do not apply stay None in the spec; the function's own default then holds.
         arguments = {name: getattr(spec, name) for name in self._loss.arguments if getattr(spec, name) is not None}
         if spec.class_counts is not None:
-            arguments["class_weight"] = tuple(class_weights(spec.class_counts, spec.weighting or "inverse_frequency", spec.beta or 0.999))
+            # presets leave weighting unset: the seeds' inverse frequency
+            method = spec.weighting or "inverse_frequency"
+            weights = class_weights(spec.class_counts, method) if spec.beta is None else class_weights(spec.class_counts, method, spec.beta)
+            arguments["class_weight"] = tuple(weights)
         self.arguments = arguments
 
     @property

@@ -4,11 +4,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import focal_graph as fg
 from focal_graph.spec import FocalSpec
+import reference
 
 EXAMPLES = [
     FocalSpec(variant="sparse_softmax"),
@@ -116,12 +118,11 @@ def test_build_graph_signature_follows_the_spec(spec):
         assert (labels.name, labels.shape.as_list()) == ("targets", predictions.shape.as_list())
 
 
-def test_spec_loss_applies_class_counts_as_weights(rng):
-    import numpy as np
-    import reference
-
-    spec = FocalSpec(variant="sigmoid", class_counts=[10, 20, 40], weighting="effective_number", beta=0.9)
+@pytest.mark.parametrize("weighting, beta", [("inverse_frequency", None), ("effective_number", 0.9), ("effective_number", 0.0)])
+def test_spec_loss_applies_class_counts_as_weights(rng, weighting, beta):
+    spec = FocalSpec(variant="sigmoid", class_counts=[10, 20, 40], weighting=weighting, beta=beta)
+    weights = reference.inverse_frequency([10, 20, 40]) if beta is None else reference.effective_number([10, 20, 40], beta)
     logits = rng.normal(size=(5, 3)).astype(np.float32)
     targets = rng.integers(0, 2, size=(5, 3)).astype(np.float32)
-    want = reference.sigmoid_focal(targets, logits, class_weight=reference.effective_number([10, 20, 40], 0.9))
+    want = reference.sigmoid_focal(targets, logits, class_weight=weights)
     np.testing.assert_allclose(fg.SpecLoss(spec)(targets, logits).numpy(), want, rtol=1e-5, atol=1e-7)
