@@ -87,5 +87,6 @@ def build_graph(spec: FocalSpec) -> tf.types.experimental.PolymorphicFunction:
 
     Every constant is created inside the traced function, so tf2onnx sees no captured inputs.
     """
-    loss = SpecLoss(spec)
-    return tf.function(loss.__call__, input_signature=input_signature(spec), autograph=False)
+    # The SpecLoss object itself, not its bound method: TensorFlow counts traces per code object,
+    # so many graphs built from one method looked like "excessive retracing" and warned.
+    return tf.function(SpecLoss(spec), input_signature=input_signature(spec), autograph=False)

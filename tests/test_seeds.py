@@ -1,5 +1,8 @@
 """The presets reproduce the three seed snippets (shared/seeds/), bugs fixed as documented."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,28 +12,16 @@ from focal_graph import presets
 import reference
 
 # Seed 001's y_true, y_pred and the loss table it printed (its own run, float32).
-SEED001_COUNTS = [100, 200, 50, 10]
-SEED001_LABELS = [0, 1, 0, 2, 2, 2, 0, 1]
-SEED001_PREDICTIONS = [
-    [0.37623284, 0.33230947, 0.0481559, 0.2433018],
-    [0.29497108, 0.12360882, 0.20553146, 0.37588864],
-    [0.58799838, 0.28331014, 0.07566421, 0.05302727],
-    [0.4794889, 0.07500778, 0.41214537, 0.03335796],
-    [0.28295068, 0.07871247, 0.16113049, 0.47720636],
-    [0.03239087, 0.35946281, 0.28374307, 0.32440325],
-    [0.08932401, 0.54083959, 0.23610655, 0.13372985],
-    [0.19806993, 0.20598081, 0.29593526, 0.30001401],
-]
-SEED001_PRINTED = [0.04206767, 0.11250415, 0.00784752, 0.05654315, 0.30171221, 0.12844518, 0.16094631, 0.06586922]
+SEED001 = json.loads((Path(__file__).parent / "data" / "seed001.json").read_text())
 
 
 def test_multi_category_reproduces_the_table_seed_001_prints():
-    loss = presets.multi_category(SEED001_COUNTS, gamma=2.0)
-    y_true = np.eye(4, dtype=np.float32)[SEED001_LABELS]
-    got = loss(y_true, np.asarray(SEED001_PREDICTIONS, np.float32))
+    loss = presets.multi_category(SEED001["class_counts"], gamma=2.0)
+    y_true = np.eye(4, dtype=np.float32)[SEED001["labels"]]
+    got = loss(y_true, np.asarray(SEED001["predictions"], np.float32))
     assert got.shape == (8, 1)
     # the table is printed to 8 decimals from a float32 computation
-    np.testing.assert_allclose(got.numpy()[:, 0], SEED001_PRINTED, rtol=2e-6, atol=2e-8)
+    np.testing.assert_allclose(got.numpy()[:, 0], SEED001["printed_loss"], rtol=2e-6, atol=2e-8)
 
 
 def test_multi_category_matches_seed_001_formula_on_random_inputs(rng):
@@ -94,3 +85,15 @@ def test_sparse_softmax_preset_graph_takes_unknown_batch_and_positions(rng):
         labels = rng.integers(0, 4, size=shape[:-1])
         want = reference.seed002(logits, labels, [0.5, 1.0, 2.0, 1.0])
         np.testing.assert_allclose(graph(tf.constant(labels), tf.constant(logits)).numpy(), want, rtol=1e-5)
+
+
+def test_demo_runs_and_reproduces_the_seed_table():
+    import subprocess
+    import sys
+
+    demo = Path(__file__).parents[1] / "examples" / "seeds.py"
+    result = subprocess.run([sys.executable, str(demo)], capture_output=True, text=True, check=True)
+    assert "largest difference" in result.stdout and "traced 1 time(s)" in result.stdout
+    assert "retracing" not in result.stderr and "oneDNN" not in result.stderr
+    largest = float(result.stdout.split("largest difference:")[1].split()[0])
+    assert largest < 2e-8
