@@ -47,10 +47,11 @@ class SpecLoss:
         # Fields that do not apply stay None in the spec; the function's own default then holds.
         arguments = {name: getattr(spec, name) for name in self._loss.arguments if getattr(spec, name) is not None}
         if spec.class_counts is not None:
-            # presets leave weighting unset: the seeds' inverse frequency
+            # presets leave weighting unset: the seeds' inverse frequency; beta is set only (and
+            # always) with effective_number
             method = spec.weighting or "inverse_frequency"
-            weights = class_weights(spec.class_counts, method) if spec.beta is None else class_weights(spec.class_counts, method, spec.beta)
-            arguments["class_weight"] = tuple(weights)
+            beta = {} if spec.beta is None else {"beta": spec.beta}
+            arguments["class_weight"] = tuple(class_weights(spec.class_counts, method, **beta))
         self.arguments = arguments
 
     @property
