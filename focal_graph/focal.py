@@ -22,9 +22,6 @@ import tensorflow as tf
 from focal_graph import params
 from focal_graph.probabilities import sigmoid_log_probs, softmax_log_prob_at, softmax_log_probs
 
-DEFAULT_EPSILON = 1e-7  # Keras's backend epsilon, the clip the seeds use.
-
-
 def sparse_softmax_focal_loss(
     labels,
     logits,
@@ -34,7 +31,7 @@ def sparse_softmax_focal_loss(
     class_weight=None,
     from_logits: bool = True,
     ignore_index: int | None = None,
-    epsilon: float = DEFAULT_EPSILON,
+    epsilon: float = params.KERAS_EPSILON,
 ) -> tf.Tensor:
     """Softmax focal loss with integer labels; generalises seed 002 to any rank.
 
@@ -98,7 +95,7 @@ def softmax_focal_loss(
     class_weight=None,
     from_logits: bool = True,
     label_smoothing: float = 0.0,
-    epsilon: float = DEFAULT_EPSILON,
+    epsilon: float = params.KERAS_EPSILON,
 ) -> tf.Tensor:
     """Softmax focal loss with one-hot or soft targets.
 
@@ -142,7 +139,7 @@ def sigmoid_focal_loss(
     class_weight=None,
     from_logits: bool = True,
     label_smoothing: float = 0.0,
-    epsilon: float = DEFAULT_EPSILON,
+    epsilon: float = params.KERAS_EPSILON,
 ) -> tf.Tensor:
     """Sigmoid (multi-label) focal loss: every class an independent binary problem.
 

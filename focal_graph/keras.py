@@ -18,6 +18,7 @@ from keras.src.backend import set_keras_mask
 from focal_graph import presets
 from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
 from focal_graph.graph import SpecLoss
+from focal_graph.params import KERAS_EPSILON
 from focal_graph.spec import FocalSpec
 
 _PACKAGE = "focal_graph"
@@ -50,7 +51,7 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
     """
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, ignore_index=None,
-                 epsilon=1e-7, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
                          ignore_index=ignore_index, epsilon=epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
@@ -70,7 +71,7 @@ class SoftmaxFocalLoss(_FocalLoss):
     """`focal_graph.softmax_focal_loss` as a Keras loss (one-hot or soft targets)."""
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=1e-7, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
                          label_smoothing=label_smoothing, epsilon=epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
@@ -84,7 +85,7 @@ class SigmoidFocalLoss(_FocalLoss):
     """`focal_graph.sigmoid_focal_loss` as a Keras loss; per-class output (Keras means it)."""
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=1e-7, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
                          label_smoothing=label_smoothing, epsilon=epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)

@@ -16,6 +16,7 @@ import numpy as np
 PerClass = Union[float, tuple[float, ...]]
 
 REDUCTIONS = ("none", "sum", "mean")
+KERAS_EPSILON = 1e-7  # Keras's backend epsilon: the default probability clip, the seeds' too
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 

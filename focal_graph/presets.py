@@ -9,11 +9,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from focal_graph.params import KERAS_EPSILON  # K.epsilon() inside seed 000's K.categorical_crossentropy
 from focal_graph.focal import predictions_in_compute_dtype, sigmoid_focal_loss, softmax_focal_loss
 from focal_graph.spec import FocalSpec
-
-KERAS_EPSILON = 1e-7  # K.epsilon(): the clip inside K.categorical_crossentropy, which seed 000 calls.
-
 
 def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
     """Seed 000: multi-label focal loss on probabilities, class weights from counts, plus LSR.

@@ -6,8 +6,8 @@ size give the exact loss and finite gradients. From probabilities, predictions a
 
 Precision: where p_t is close to 1, log p_t = -log(1 + r) carries an absolute error of about one
 rounding of 1 (6e-8 in float32), exactly as TensorFlow's own softmax cross-entropy does, so
-1 - p_t and the loss there (itself below 1e-7 once 1 - p_t < 1e-3) are exact in absolute terms
-but not to the last relative digit. Recovering those digits needs a second pass over the classes.
+1 - p_t and the loss there (about (1 - p_t)**(gamma + 1)) are exact in absolute terms, to a few
+float32 epsilons (tests/test_extreme_logits.py), but not to the last relative digit. Recovering those digits needs a second pass over the classes.
 
 Only ops tf2onnx converts are used: no Log1p, Expm1 or Xlogy (see shared/TOOLCHAIN.md), and no
 `tf.reduce_logsumexp` (it converts to a ~33-node graph).

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from focal_graph import params
 from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts
@@ -38,7 +38,7 @@ _DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by e = 0.1; 001 clips at
     # 1e-7 (Keras's epsilon); 002 takes logits and returns the mean.
     ("preset", "multilabel_lsr"): {"from_logits": False, "label_smoothing": 0.1, "epsilon": 1e-8, "reduction": "none"},
-    ("preset", "multi_category"): {"from_logits": False, "epsilon": 1e-7, "reduction": "none"},
+    ("preset", "multi_category"): {"from_logits": False, "epsilon": params.KERAS_EPSILON, "reduction": "none"},
     ("preset", "sparse_softmax"): {"from_logits": True, "reduction": "mean"},
 }
 _REQUIRED = {
@@ -47,8 +47,6 @@ _REQUIRED = {
     ("preset", "sparse_softmax"): ("alpha",),
 }
 _FIXED = {("preset", name): {"from_logits": _DEFAULTS[("preset", name)]["from_logits"]} for name in PRESETS}
-
-PerClass = Union[float, tuple[float, ...]]
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ class FocalSpec:
     variant: Optional[str] = None
     preset: Optional[str] = None
     num_classes: Optional[int] = None
-    gamma: Optional[PerClass] = None
-    alpha: Optional[PerClass] = None
+    gamma: Optional[params.PerClass] = None
+    alpha: Optional[params.PerClass] = None
     class_weight: Optional[tuple[float, ...]] = None
     class_counts: Optional[tuple[float, ...]] = None
     weighting: Optional[str] = None
@@ -221,7 +219,7 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
             if out["epsilon"] is not None:
                 raise ValueError("epsilon: applies only with from_logits=false (logits are never clipped)")
         else:
-            out["epsilon"] = params.epsilon(1e-7 if out["epsilon"] is None else out["epsilon"])
+            out["epsilon"] = params.epsilon(params.KERAS_EPSILON if out["epsilon"] is None else out["epsilon"])
     return out
 
 
