@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from focal_graph import params
 from focal_graph.probabilities import sigmoid_log_probs, softmax_log_prob_at, softmax_log_probs
+from focal_graph.reduction import reduce_classes
 
 def sparse_softmax_focal_loss(
     labels,
@@ -126,7 +127,7 @@ def softmax_focal_loss(
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes_t
     log_p = softmax_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
     per_class = _focal_term(-log_p * targets, 1.0 - tf.exp(log_p), gamma, weight)
-    loss = tf.reduce_sum(per_class, axis=-1) * _same_shape_guard(targets, y_pred)
+    loss = reduce_classes(tf.reduce_sum, per_class) * _same_shape_guard(targets, y_pred)
     return tf.cast(loss, out_dtype)
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from focal_graph import presets
 from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
-from focal_graph.reduction import reduce_loss
+from focal_graph.reduction import per_sample_loss, reduce_loss
 from focal_graph.spec import FocalSpec
 from focal_graph.weights import class_weights
 
@@ -61,12 +61,30 @@ class SpecLoss:
     def unreduced(self, y_true, y_pred) -> tf.Tensor:
         return self._loss.function(y_true, y_pred, **self.arguments)
 
-    def __call__(self, y_true, y_pred) -> tf.Tensor:
-        loss = self.unreduced(y_true, y_pred)
-        mask = None
+    def mask(self, y_true):
+        """The positions that count (None: all of them): labels other than ``ignore_index``."""
         if self.sparse and self.spec.ignore_index is not None:
-            mask = tf.not_equal(tf.cast(y_true, tf.int64), self.spec.ignore_index)
-        return reduce_loss(loss, self.spec.reduction, mask)
+            return tf.not_equal(tf.cast(y_true, tf.int64), self.spec.ignore_index)
+        return None
+
+    def __call__(self, y_true, y_pred) -> tf.Tensor:
+        return reduce_loss(self.unreduced(y_true, y_pred), self.spec.reduction, self.mask(y_true))
+
+    def forms(self, y_true, y_pred) -> dict[str, tf.Tensor]:
+        """Every form of the loss from one evaluation, whatever the spec's own ``reduction``:
+
+        - ``loss``: unreduced, the shape the loss function returns;
+        - ``per_sample``: (N,), each sample's sum over its other axes (see `per_sample_loss`);
+        - ``sum``, ``mean``: scalars; the mean leaves ``ignore_index`` positions out.
+        """
+        loss = self.unreduced(y_true, y_pred)
+        mask = self.mask(y_true)
+        return {
+            "loss": loss,
+            "per_sample": per_sample_loss(loss),
+            "sum": reduce_loss(loss, "sum", mask),
+            "mean": reduce_loss(loss, "mean", mask),
+        }
 
     def __repr__(self) -> str:
         return f"SpecLoss({self.spec!r})"
@@ -76,11 +94,11 @@ def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, tf.TensorSpec]:
     """``(labels | targets, logits | probabilities)``: every dimension None but a fixed C."""
     batch = [None] * (spec.rank - 1)
     dtype = tf.as_dtype(spec.dtype)
-    prediction_name = "logits" if spec.from_logits else "probabilities"
+    true_name, prediction_name = spec.input_names
     predictions = tf.TensorSpec(batch + [spec.num_classes], dtype, name=prediction_name)
-    if LOSSES[spec.kind].sparse:
-        return tf.TensorSpec(batch, tf.int64, name="labels"), predictions
-    return tf.TensorSpec(batch + [spec.num_classes], dtype, name="targets"), predictions
+    if spec.sparse:
+        return tf.TensorSpec(batch, tf.int64, name=true_name), predictions
+    return tf.TensorSpec(batch + [spec.num_classes], dtype, name=true_name), predictions
 
 
 def build_graph(spec: FocalSpec) -> tf.types.experimental.PolymorphicFunction:

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from focal_graph.params import KERAS_EPSILON  # K.epsilon() inside seed 000's K.categorical_crossentropy
 from focal_graph.focal import predictions_in_compute_dtype, sigmoid_focal_loss, softmax_focal_loss
+from focal_graph.reduction import reduce_classes
 from focal_graph.spec import FocalSpec
 
 def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
@@ -84,7 +85,7 @@ def multilabel_lsr_loss(targets, probabilities, *, gamma, class_weight, label_sm
     )
     uniform = tf.ones_like(probabilities) / tf.cast(tf.shape(probabilities)[-1], probabilities.dtype)
     smoothing = softmax_focal_loss(uniform, probabilities, gamma=0.0, from_logits=False, epsilon=KERAS_EPSILON)
-    loss = (1.0 - label_smoothing) * tf.reduce_mean(focal, axis=-1) + label_smoothing * smoothing
+    loss = (1.0 - label_smoothing) * reduce_classes(tf.reduce_mean, focal) + label_smoothing * smoothing
     return tf.cast(loss, out_dtype)
 
 
@@ -94,7 +95,7 @@ def multi_category_loss(targets, probabilities, *, gamma, class_weight, epsilon)
     focal = sigmoid_focal_loss(
         targets, probabilities, gamma=gamma, class_weight=class_weight, from_logits=False, epsilon=epsilon
     )
-    return tf.cast(tf.reduce_sum(focal, axis=-1, keepdims=True), out_dtype)
+    return tf.cast(reduce_classes(tf.reduce_sum, focal, keepdims=True), out_dtype)
 
 
 def _counts(class_counts):

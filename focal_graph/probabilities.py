@@ -19,11 +19,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from focal_graph.reduction import reduce_classes
+
 def log_normalizer(logits: tf.Tensor) -> tf.Tensor:
     """``log(sum_c exp(z_c))`` over the class axis, shape (...): the stable max-shifted form."""
-    shift = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
-    total = tf.reduce_sum(tf.exp(logits - shift), axis=-1)
-    return tf.squeeze(shift, axis=-1) + tf.math.log(total)
+    shift = tf.stop_gradient(reduce_classes(tf.reduce_max, logits, keepdims=True))
+    total = reduce_classes(tf.reduce_sum, tf.exp(logits - shift))
+    return tf.reshape(shift, tf.shape(total)) + tf.math.log(total)
 
 
 def softmax_log_probs(y_pred: tf.Tensor, *, from_logits: bool, epsilon: float) -> tf.Tensor:
@@ -34,7 +36,7 @@ def softmax_log_probs(y_pred: tf.Tensor, *, from_logits: bool, epsilon: float) -
     """
     if from_logits:
         return y_pred - log_normalizer(y_pred)[..., None]
-    return tf.math.log(_clip(y_pred / tf.reduce_sum(y_pred, axis=-1, keepdims=True), epsilon))
+    return tf.math.log(_clip(y_pred / reduce_classes(tf.reduce_sum, y_pred, keepdims=True), epsilon))
 
 
 def softmax_log_prob_at(
@@ -50,7 +52,7 @@ def softmax_log_prob_at(
     picked = tf.gather(y_pred, class_index[..., None], batch_dims=batch_dims)[..., 0]
     if from_logits:
         return picked - log_normalizer(y_pred)
-    return tf.math.log(_clip(picked / tf.reduce_sum(y_pred, axis=-1), epsilon))
+    return tf.math.log(_clip(picked / reduce_classes(tf.reduce_sum, y_pred), epsilon))
 
 
 class BinaryLogProbs(NamedTuple):

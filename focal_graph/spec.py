@@ -17,6 +17,8 @@ from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts
 
 VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
 PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
+# Losses whose predictions are per-class independent probabilities (sigmoid), not one softmax.
+MULTI_LABEL = {("variant", "sigmoid"), ("preset", "multilabel_lsr"), ("preset", "multi_category")}
 SPEC_VERSION = 1
 
 # Which optional fields each loss takes, and their defaults. Fields not listed for a loss must be
@@ -98,6 +100,21 @@ class FocalSpec:
     @property
     def name(self) -> str:
         return f"{self.kind[0]}:{self.kind[1]}"
+
+    @property
+    def sparse(self) -> bool:
+        """Integer class labels (...) rather than targets (..., C)."""
+        return self.kind[1] == "sparse_softmax"
+
+    @property
+    def multi_label(self) -> bool:
+        """Per-class sigmoid probabilities rather than one softmax over the classes."""
+        return self.kind in MULTI_LABEL
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        """The graph's input names: ``labels`` | ``targets``, then ``logits`` | ``probabilities``."""
+        return ("labels" if self.sparse else "targets", "logits" if self.from_logits else "probabilities")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
