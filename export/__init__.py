@@ -1,0 +1,33 @@
+"""export: focal losses as files (TF SavedModel, ONNX) and the checks that prove them.
+
+Importing the package is cheap and loads neither TensorFlow nor onnxruntime. The modules:
+
+- `export.exporter`: ``export(...)`` and ``export_defaults(...)`` write artifact directories
+  (TensorFlow and tf2onnx).
+- `export.validation`: ``validate(...)``, ONNX Runtime against TensorFlow or against the
+  artifact's stored reference outputs (the latter without TensorFlow).
+- `export.inspection`: ``inspect(...)``, what an artifact holds.
+- `export.artifact`: the directory layout and its manifest; `export.cases`: validation inputs;
+  `export.compare`: element-wise verdicts; `export.runtime`: ONNX Runtime sessions.
+- `export.cli`: the ``focalgraph`` command line, a thin layer over the functions above, which
+  take the command line's option names as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "export": "export.exporter",
+    "export_defaults": "export.exporter",
+    "validate": "export.validation",
+    "inspect": "export.inspection",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

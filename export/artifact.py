@@ -1,0 +1,177 @@
+"""An artifact directory: its layout, its manifest, and writing it atomically.
+
+Standard library only, so every host (with or without TensorFlow) can verify an artifact.
+
+    DIR/
+      spec.json        the FocalSpec, exactly as FocalSpec.to_json() writes it
+      saved_model/     TF SavedModel: serving_default (unreduced loss), per_sample, sum, mean
+      model.onnx       the same graph through tf2onnx
+      reference.npz    validation inputs and TensorFlow's outputs
+      validation.json  the export run's parity report
+      manifest.json    size and sha256 of every other file, versions, creation time
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from export.errors import ArtifactError, UsageError
+
+SPEC = "spec.json"
+SAVED_MODEL = "saved_model"
+ONNX = "model.onnx"
+REFERENCE = "reference.npz"
+VALIDATION = "validation.json"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+# Libraries whose versions decide the artifact's numbers; recorded in every manifest.
+LIBRARIES = ("focalgraph", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "protobuf")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of `LIBRARIES` (those not installed are left out), and Python's."""
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    """Every regular file under ``directory``, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def write_manifest(directory: Path, spec_name: str) -> dict:
+    """Write ``manifest.json`` describing every file now in ``directory``; returns it."""
+    files = {
+        name: {"size": (directory / name).stat().st_size, "sha256": sha256(directory / name)}
+        for name in _files(directory)
+        if name != MANIFEST
+    }
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "spec": spec_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        "files": files,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify(directory) -> dict:
+    """Check ``directory`` against its manifest; returns the manifest.
+
+    Raises `ArtifactError` naming the first file that is missing, of another size, of another
+    content, or present but not in the manifest.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: not an artifact directory (no such directory)")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; not a focalgraph artifact, or an incomplete one")
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if manifest.get("manifest_version") != MANIFEST_VERSION or not isinstance(files, dict):
+            raise ValueError("unknown manifest version")
+    except (ValueError, KeyError, TypeError) as error:
+        raise ArtifactError(f"{path}: unreadable manifest ({error})") from None
+    for name, entry in sorted(files.items()):
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: listed in {MANIFEST} but missing")
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise ArtifactError(f"{file}: {size} bytes, {MANIFEST} says {entry['size']} (truncated or edited)")
+        if sha256(file) != entry["sha256"]:
+            raise ArtifactError(f"{file}: sha256 differs from {MANIFEST} (edited)")
+    extra = [name for name in _files(directory) if name != MANIFEST and name not in files]
+    if extra:
+        raise ArtifactError(f"{directory / extra[0]}: not listed in {MANIFEST} (added after export)")
+    return manifest
+
+
+def check_destination(out, force: bool) -> Path:
+    """``out`` as a Path, or a `UsageError` when it exists and ``force`` is not set."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UsageError(f"--out: {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} exists and is not a directory")
+    return out
+
+
+@contextlib.contextmanager
+def staged(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary directory beside ``out`` that becomes ``out`` only if the block succeeds.
+
+    On any exception (KeyboardInterrupt included) the temporary directory, and any parent
+    directories created for it, are removed and ``out`` is untouched. An existing ``out`` is
+    replaced only when ``force`` is set, and only after the new one is complete.
+    """
+    out = check_destination(out, force)
+    created = [p for p in reversed(out.absolute().parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is an ordinary directory
+    try:
+        yield stage
+        if out.exists():
+            if not force:  # appeared while we worked
+                raise UsageError(f"--out: {out} already exists; pass --force to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(stage, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in reversed(created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+
+
+def write_json_atomically(path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file, so no half-written file remains."""
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

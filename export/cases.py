@@ -1,0 +1,182 @@
+"""Validation inputs for a spec: several shapes per dynamic dimension, random and edge values.
+
+numpy only. The same seed gives the same cases, so an export's ``reference.npz`` and a later
+``validate`` without ``--shapes`` see the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from export.errors import UsageError
+from focal_graph.spec import FocalSpec
+
+# Meaningful names for the dynamic dimensions of (N, ..., C), shared by every input and output.
+_BATCH_NAMES = {2: ("N",), 3: ("N", "T"), 4: ("N", "H", "W"), 5: ("N", "D", "H", "W")}
+BASE_SIZE = {"N": 6, "C": 5}  # other batch dimensions: 3
+LARGER_SIZE = {"N": 33, "C": 11}  # other batch dimensions: 5
+
+
+def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
+    """Names of the predictions' dimensions: ``N``, then ``T`` | ``H, W`` | ``D, H, W`` | ``d1..``,
+    then ``C`` (the class axis; fixed when the spec fixes ``num_classes``)."""
+    batch = _BATCH_NAMES.get(spec.rank, ("N",) + tuple(f"d{i}" for i in range(1, spec.rank - 1)))
+    return batch + ("C",)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One set of inputs: ``name`` says what it tests, ``inputs`` maps input name to array."""
+
+    name: str
+    inputs: dict
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(list(self.inputs.values())[-1].shape)
+
+
+def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
+    """A base shape, then each dynamic dimension in turn set to 0, 1 and a larger size.
+
+    The class axis, when dynamic, takes 1, 2 and a larger size but not 0: with no class there is
+    nothing to score, and no label is valid.
+    """
+    names = dimension_names(spec)
+    base = [BASE_SIZE.get(name, 3) for name in names]
+    if spec.num_classes is not None:
+        base[-1] = spec.num_classes
+    shapes = [tuple(base)]
+    for axis, name in enumerate(names):
+        if name == "C":
+            if spec.num_classes is not None:
+                continue
+            sizes = (1, 2, LARGER_SIZE["C"])
+        else:
+            sizes = (0, 1, LARGER_SIZE.get(name, 5))
+        for size in sizes:
+            shape = list(base)
+            shape[axis] = size
+            shapes.append(tuple(shape))
+    return shapes
+
+
+def parse_shapes(spec: FocalSpec, text) -> list[tuple[int, ...]]:
+    """Shapes of the predictions from ``"8x10,0x10"`` (or a list of tuples), checked against the
+    spec's rank and class count. Raises `UsageError` naming ``--shapes``."""
+    if isinstance(text, str):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            shapes = [tuple(int(size) for size in item.lower().split("x")) for item in items]
+        except ValueError:
+            raise UsageError(f"--shapes: expected shapes like 8x10,0x10 (sizes joined by x), got {text!r}") from None
+    else:
+        shapes = [tuple(int(size) for size in shape) for shape in text]
+    if not shapes:
+        raise UsageError("--shapes: expected at least one shape")
+    layout = "x".join(dimension_names(spec))
+    for shape in shapes:
+        if len(shape) != spec.rank:
+            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has rank {len(shape)}; the spec has rank {spec.rank} ({layout})")
+        if any(size < 0 for size in shape):
+            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has a negative size")
+        if spec.num_classes is not None and shape[-1] != spec.num_classes:
+            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has C={shape[-1]}; the spec fixes C={spec.num_classes}")
+        if shape[-1] == 0:
+            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has no class (C=0)")
+    return shapes
+
+
+def generate(spec: FocalSpec, shapes=None, seed: int = 0) -> list[Case]:
+    """Random inputs for every shape (default: `default_shapes`), then edge cases on the first:
+    large logits, ties, labels 0 and C-1, soft targets, saturated probabilities and
+    ``ignore_index`` positions, whichever apply to the spec."""
+    rng = np.random.default_rng(seed)
+    shapes = default_shapes(spec) if shapes is None else list(shapes)
+    builder = _CaseBuilder(spec, rng)
+    cases = [builder.case(f"random {_text(shape)}", shape) for shape in shapes]
+    base = shapes[0]
+    classes = base[-1]
+    cases.append(builder.case(f"large logits {_text(base)}", base, scale=1e4))
+    cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(base, 7.0)))
+    if spec.sparse:
+        boundary = np.where(np.indices(base[:-1]).sum(axis=0) % 2 == 0, 0, classes - 1)
+        cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=boundary))
+        if spec.ignore_index is not None:
+            labels = rng.integers(0, classes, size=base[:-1])
+            labels[np.indices(base[:-1]).sum(axis=0) % 3 == 0] = spec.ignore_index
+            cases.append(builder.case(f"ignore_index {_text(base)}", base, labels=labels))
+            everything = np.full(base[:-1], spec.ignore_index)
+            cases.append(builder.case(f"all ignore_index {_text(base)}", base, labels=everything))
+    else:
+        cases.append(builder.case(f"soft targets {_text(base)}", base, soft=True))
+    if not spec.from_logits:
+        cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
+    return cases
+
+
+def _text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+class _CaseBuilder:
+    def __init__(self, spec: FocalSpec, rng: np.random.Generator):
+        self.spec = spec
+        self.rng = rng
+        if spec.dtype == "bfloat16":
+            raise UsageError("dtype: bfloat16 inputs cannot be generated (numpy has no bfloat16)")
+        self.dtype = np.dtype(spec.dtype)
+
+    def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False) -> Case:
+        spec, rng = self.spec, self.rng
+        classes = shape[-1]
+        if logits is None:
+            logits = rng.normal(size=shape) * scale
+        if labels is None:
+            labels = rng.integers(0, classes, size=shape[:-1])
+        if spec.sparse:
+            y_true = labels.astype(np.int64)
+        elif soft:
+            y_true = rng.uniform(size=shape) if spec.multi_label else rng.dirichlet(np.ones(classes), size=shape[:-1])
+        elif spec.multi_label:
+            y_true = (rng.uniform(size=shape) < 0.3).astype(np.float64)
+            y_true[..., 0] = labels == 0  # some rows with an exact positive at class 0
+        else:
+            y_true = np.eye(classes)[labels] if classes else np.zeros(shape)
+        if saturated:
+            predictions = np.eye(classes)[rng.integers(0, classes, size=shape[:-1])]  # exact 0s and 1s
+        elif spec.from_logits:
+            predictions = logits
+        elif spec.multi_label:
+            predictions = 0.5 * (1.0 + np.tanh(0.5 * logits))  # sigmoid without overflow
+        else:
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
+            predictions = shifted / shifted.sum(axis=-1, keepdims=True)
+        true_name, prediction_name = spec.input_names
+        if not spec.sparse:
+            y_true = y_true.astype(self.dtype)
+        return Case(name, {true_name: y_true, prediction_name: predictions.astype(self.dtype)})
+
+
+def save_reference(path, cases: list[Case], outputs: dict) -> None:
+    """Write the cases' inputs and ``outputs[case name][form]`` to an ``.npz`` (no pickles):
+    ``case_names``, then ``NNN/<input or output name>`` per case."""
+    arrays = {"case_names": np.array([case.name for case in cases])}
+    for number, case in enumerate(cases):
+        for name, array in {**case.inputs, **outputs[case.name]}.items():
+            arrays[f"{number:03d}/{name}"] = np.asarray(array)
+    with open(path, "wb") as file:
+        np.savez_compressed(file, **arrays)
+
+
+def load_reference(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
+    """The cases and outputs `save_reference` wrote; raises ValueError on a malformed file."""
+    with np.load(path, allow_pickle=False) as data:
+        names = [str(name) for name in data["case_names"]]
+        cases, outputs = [], {}
+        for number, name in enumerate(names):
+            cases.append(Case(name, {key: data[f"{number:03d}/{key}"] for key in spec.input_names}))
+            outputs[name] = {form: data[f"{number:03d}/{form}"] for form in forms}
+    return cases, outputs

@@ -1,0 +1,159 @@
+"""The ``focalgraph`` command line: parse, call one library function, print.
+
+Every command's options are the keyword arguments of the function it calls (``export.export``,
+``export.validate``, ``export.inspect``). Errors are one line on stderr with no traceback: exit
+2 for bad options or a damaged artifact, 1 for a failed conversion or validation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from export.errors import FocalgraphError, ValidationFailed
+
+_SPEC_OPTIONS = [
+    click.option("--classes", type=int, help="C, the number of classes (fixed in the graph; default: dynamic)."),
+    click.option("--gamma", help="Focusing parameter: a number, or one per class (comma-separated). Default 2."),
+    click.option("--alpha", help="A number, or one per class (comma-separated)."),
+    click.option("--class-weight", help="One weight per class, comma-separated."),
+    click.option("--class-counts", help="Training samples per class, comma-separated: derives class weights."),
+    click.option("--weighting", help="inverse_frequency | effective_number (with --class-counts)."),
+    click.option("--beta", type=float, help="effective_number's beta (default 0.999)."),
+    click.option("--from-logits/--from-probs", "from_logits", default=None, help="Predictions are logits (default) or probabilities."),
+    click.option("--label-smoothing", type=float, help="Label smoothing in [0, 1]."),
+    click.option("--ignore-index", type=int, help="Label value whose positions are left out (sparse losses)."),
+    click.option("--epsilon", type=float, help="Probability clip (with --from-probs)."),
+    click.option("--reduction", help="none | sum | mean: the spec's own reduction (an artifact carries every form)."),
+    click.option("--rank", type=int, help="Rank of the predictions, class axis included (default 2)."),
+    click.option("--dtype", help="float32 (default) | float16 | float64."),
+]
+_PROVIDER = click.option(
+    "--provider", default="auto", show_default=True, help="ONNX Runtime execution provider: auto | cpu | cuda."
+)
+
+
+def _with(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's, tf2onnx's and ONNX Runtime's own logs.")
+@click.version_option(package_name="focalgraph", prog_name="focalgraph")
+def cli(verbose):
+    """Focal losses as SavedModel and ONNX artifacts, with proven parity."""
+    from export.quiet import set_verbose
+
+    set_verbose(verbose)
+
+
+@cli.command("export")
+@click.option("--preset", help="multilabel-lsr | multi-category | sparse-softmax (the seeds' losses).")
+@click.option("--variant", help="sparse-softmax | softmax | sigmoid.")
+@click.option("--spec", type=click.Path(dir_okay=False), help="A FocalSpec JSON file (spec.json of an artifact).")
+@_with(_SPEC_OPTIONS)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
+@click.option("--format", "format", default="savedmodel,onnx", show_default=True, help="savedmodel, onnx or both.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
+@click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs TensorFlow parity check.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@_PROVIDER
+def export_command(out, no_validate, **options):
+    """Export one loss to an artifact directory (spec, SavedModel, ONNX, reference, report)."""
+    from export.exporter import export
+
+    result = export(out, validate=not no_validate, **options)
+    click.echo(_exported(result))
+
+
+@cli.command("export-defaults")
+@click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False), help="Parent directory.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
+@click.option("--no-validate", is_flag=True, help="Skip the parity checks.")
+@click.option("--force", is_flag=True, help="Replace artifacts that exist.")
+@_PROVIDER
+def export_defaults_command(out, no_validate, **options):
+    """Export the built-in artifacts: the three presets and the common variants."""
+    from export.exporter import export_defaults
+
+    export_defaults(out, validate=not no_validate, progress=lambda name, result: click.echo(_exported(result)), **options)
+
+
+@cli.command("validate")
+@click.argument("artifact", type=click.Path())
+@_PROVIDER
+@click.option("--shapes", help="Prediction shapes to test, e.g. 8x10,0x10 (default: several per dynamic dimension).")
+@click.option("--atol", type=float, help="Absolute tolerance (default by dtype: 1e-5 for float32).")
+@click.option("--rtol", type=float, help="Relative tolerance (default by dtype: 1e-5 for float32).")
+@click.option("--reference-only", is_flag=True, help="Compare with reference.npz; does not import TensorFlow.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+def validate_command(artifact, **options):
+    """Run ONNX Runtime and TensorFlow (or the stored reference) and compare every output."""
+    from export.validation import format_report, validate
+
+    report = validate(artifact, **options)
+    click.echo(format_report(report))
+    return 0 if report["passed"] else 1
+
+
+@cli.command("inspect")
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_command(artifact, as_json):
+    """Show an artifact's spec, signatures, ONNX interface and ops, after verifying its manifest."""
+    from export.inspection import format_inspection, inspect
+
+    info = inspect(artifact)
+    click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
+
+
+def _exported(result) -> str:
+    line = f"wrote {result.out} ({result.spec.name}; {', '.join(result.formats)})"
+    report = result.validation
+    if report is None:
+        return line + "; not validated"
+    worst = max(report["outputs"], key=lambda verdict: _float(verdict["max_abs_error"]))
+    return (
+        line + f"; ONNX Runtime ({report['onnxruntime']['provider']}) matches TensorFlow on {len(report['cases'])} cases"
+        f" (max abs error {_float(worst['max_abs_error']):.1e})"
+    )
+
+
+def _float(value) -> float:
+    return float(value)
+
+
+def main(argv=None) -> int:
+    """Entry point: runs the command and returns its exit code, printing errors as one line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    prefix = f"focalgraph {command}".strip()
+    try:
+        code = cli.main(args=argv, prog_name="focalgraph", standalone_mode=False)
+    except ValidationFailed as error:
+        from export.validation import format_report
+
+        click.echo(format_report(error.report), err=True)
+        click.echo(f"{prefix}: error: {error}", err=True)
+        return error.exit_code
+    except FocalgraphError as error:
+        click.echo(f"{prefix}: error: {error}", err=True)
+        return error.exit_code
+    except click.ClickException as error:
+        click.echo(f"{prefix}: error: {error.format_message()}", err=True)
+        return 2 if isinstance(error, click.UsageError) else error.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo(f"{prefix}: interrupted; nothing was written", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

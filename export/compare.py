@@ -1,0 +1,92 @@
+"""Element-wise comparison of two backends' outputs: data in, per-output verdicts out.
+
+numpy only. An element fails only where it exceeds both tolerances:
+``|actual - expected| > atol`` and ``|actual - expected| > rtol * |expected|``. NaN matches NaN
+and an infinity matches the same infinity; anything else against a NaN or an infinity fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+# Default tolerances per dtype of the loss. float16 results are rounded to 11 significant bits,
+# so two backends one float32 rounding apart can land one float16 step (2**-10 relative) apart.
+TOLERANCES = {"float64": (1e-9, 1e-9), "float32": (1e-5, 1e-5), "float16": (2e-3, 2e-3)}
+
+
+@dataclass
+class Verdict:
+    """One output over every case. ``required_atol`` is the smallest atol that passes at the
+    given rtol, ``required_rtol`` the smallest rtol that passes at the given atol."""
+
+    output: str
+    passed: bool = True
+    elements: int = 0
+    failures: int = 0
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    required_atol: float = 0.0
+    required_rtol: float = 0.0
+    worst: Optional[dict] = None  # where the largest absolute error is
+    problems: list = field(default_factory=list)  # shape or dtype mismatches, by case
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def errors(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute and relative error per element, in float64; inf where exactly one side is
+    non-finite or the two non-finite values differ."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    same_special = (np.isnan(expected) & np.isnan(actual)) | (np.isinf(expected) & (expected == actual))
+    special = ~np.isfinite(expected) | ~np.isfinite(actual)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        absolute = np.where(special, np.inf, np.abs(actual - expected))
+        relative = np.where(absolute == 0, 0.0, absolute / np.abs(expected))
+    absolute = np.where(same_special, 0.0, absolute)
+    relative = np.where(same_special, 0.0, relative)
+    return absolute, relative
+
+
+def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: list[str], outputs: list[str]) -> list[Verdict]:
+    """Compare ``expected[case][output]`` with ``actual[case][output]`` for every case and output.
+
+    Returns one `Verdict` per output, aggregated over the cases.
+    """
+    verdicts = []
+    for output in outputs:
+        verdict = Verdict(output)
+        for case in cases:
+            want = np.asarray(expected[case][output])
+            got = np.asarray(actual[case][output])
+            if want.shape != got.shape:
+                verdict.problems.append(f"{case}: shape {got.shape}, expected {want.shape}")
+                continue
+            if want.dtype != got.dtype:
+                verdict.problems.append(f"{case}: dtype {got.dtype}, expected {want.dtype}")
+                continue
+            absolute, relative = errors(want, got)
+            verdict.elements += absolute.size
+            if absolute.size == 0:
+                continue
+            failing = (absolute > atol) & (relative > rtol)
+            verdict.failures += int(failing.sum())
+            verdict.max_rel_error = max(verdict.max_rel_error, float(relative.max()))
+            verdict.required_atol = max(verdict.required_atol, float(absolute[relative > rtol].max(initial=0.0)))
+            verdict.required_rtol = max(verdict.required_rtol, float(relative[absolute > atol].max(initial=0.0)))
+            index = np.unravel_index(int(np.argmax(absolute)), absolute.shape)
+            if verdict.worst is None or absolute[index] > verdict.max_abs_error:
+                verdict.max_abs_error = float(absolute[index])
+                verdict.worst = {
+                    "case": case,
+                    "index": [int(i) for i in index],
+                    "expected": float(want[index]),
+                    "actual": float(got[index]),
+                }
+        verdict.passed = verdict.failures == 0 and not verdict.problems
+        verdicts.append(verdict)
+    return verdicts

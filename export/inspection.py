@@ -1,0 +1,141 @@
+"""``inspect``: what an artifact holds, after checking it against its manifest.
+
+Needs onnx; TensorFlow only to list the SavedModel's signatures (skipped, and said so, without it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from export import artifact
+from export.validation import read_spec
+
+
+def inspect(artifact_dir) -> dict:
+    """The artifact's spec, manifest, SavedModel signatures, ONNX interface and validation."""
+    directory = Path(artifact_dir)
+    manifest = artifact.verify(directory)
+    spec = read_spec(directory)
+    info = {
+        "artifact": str(directory),
+        "spec": spec.to_dict(),
+        "manifest": {
+            "verified": True,
+            "files": len(manifest["files"]),
+            "bytes": sum(entry["size"] for entry in manifest["files"].values()),
+            "created": manifest["created"],
+            "versions": manifest["versions"],
+        },
+    }
+    if (directory / artifact.SAVED_MODEL).is_dir():
+        info["saved_model"] = _signatures(directory / artifact.SAVED_MODEL)
+    if (directory / artifact.ONNX).is_file():
+        info["onnx"] = _onnx(directory / artifact.ONNX)
+    if (directory / artifact.VALIDATION).is_file():
+        report = json.loads((directory / artifact.VALIDATION).read_text())
+        info["validation"] = {
+            "passed": report["passed"],
+            "provider": report["onnxruntime"]["provider"],
+            "cases": len(report["cases"]),
+            "max_abs_error": {v["output"]: v["max_abs_error"] for v in report["outputs"]},
+        }
+    return info
+
+
+def _signatures(path: Path) -> dict:
+    try:
+        from export.quiet import import_tensorflow, silenced_stderr
+
+        import_tensorflow()
+        with silenced_stderr():
+            from tensorflow.python.tools import saved_model_utils
+
+            meta_graph = saved_model_utils.get_meta_graph_def(str(path), "serve")
+    except ImportError:
+        return {"unavailable": "TensorFlow is not installed here"}
+    import tensorflow as tf
+
+    def tensors(mapping):
+        return {
+            key: {
+                "dtype": tf.as_dtype(info.dtype).name,
+                "shape": [None if d.size == -1 else d.size for d in info.tensor_shape.dim],
+            }
+            for key, info in sorted(mapping.items())
+        }
+
+    return {
+        name: {"inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
+        for name, signature in sorted(meta_graph.signature_def.items())
+        if not name.startswith("__")
+    }
+
+
+def _onnx(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def values(items):
+        return [
+            {
+                "name": value.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name,
+                "dims": [d.dim_param if d.dim_param else d.dim_value for d in value.type.tensor_type.shape.dim],
+            }
+            for value in items
+        ]
+
+    histogram = Counter(node.op_type for node in model.graph.node)
+    return {
+        "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": values(model.graph.input),
+        "outputs": values(model.graph.output),
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(histogram.items(), key=lambda item: (-item[1], item[0]))),
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key != "focalgraph.spec"},
+    }
+
+
+def format_inspection(info: dict) -> str:
+    """``inspect``'s result as the command line prints it."""
+    spec = {key: value for key, value in info["spec"].items() if value is not None}
+    manifest = info["manifest"]
+    lines = [
+        f"{info['artifact']}",
+        f"  spec: {json.dumps(spec)}",
+        f"  manifest: verified, {manifest['files']} files, {manifest['bytes']} bytes, created {manifest['created']}",
+        "  versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
+    ]
+    if "saved_model" in info:
+        lines.append("  SavedModel signatures:")
+        signatures = info["saved_model"]
+        if "unavailable" in signatures:
+            lines.append(f"    ({signatures['unavailable']})")
+        for name, signature in signatures.items():
+            if name == "unavailable":
+                continue
+            inputs = ", ".join(f"{k}: {v['dtype']}{_shape(v['shape'])}" for k, v in signature["inputs"].items())
+            outputs = ", ".join(f"{k}: {v['dtype']}{_shape(v['shape'])}" for k, v in signature["outputs"].items())
+            lines.append(f"    {name}({inputs}) -> {outputs}")
+    if "onnx" in info:
+        model = info["onnx"]
+        opsets = ", ".join(f"{domain} {version}" for domain, version in model["opset"].items())
+        lines.append(f"  ONNX: opset {opsets}; IR {model['ir_version']}; producer {model['producer']}; {model['nodes']} nodes")
+        for kind in ("inputs", "outputs"):
+            for value in model[kind]:
+                lines.append(f"    {kind[:-1]:<6} {value['name']}: {value['dtype']}{_shape(value['dims'])}")
+        lines.append("    ops: " + ", ".join(f"{op} {count}" for op, count in model["ops"].items()))
+    if "validation" in info:
+        validation = info["validation"]
+        verdict = "PASS" if validation["passed"] else "FAIL"
+        lines.append(f"  validation at export: {verdict} on {validation['provider']}, {validation['cases']} cases")
+    return "\n".join(lines)
+
+
+def _shape(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"

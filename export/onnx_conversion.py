@@ -1,0 +1,125 @@
+"""A spec's loss graph through tf2onnx, then proved: known ops, the right inputs, a full
+`onnx.checker` pass and a real ONNX Runtime run. Any failure raises `ConversionError`.
+
+tf2onnx does not stop on an op it cannot convert (it keeps the TF op in the graph and writes a
+model that nothing loads) and turns captured tensors into graph inputs (shared/TOOLCHAIN.md), so
+its output is never trusted unchecked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from export.cases import dimension_names, generate
+from export.errors import ConversionError, UsageError
+from export.quiet import import_tensorflow, import_tf2onnx, silenced_stderr
+from focal_graph.spec import FocalSpec
+
+OPSETS = range(13, 19)  # tf2onnx 1.17 writes at most 18; 13 is the first with ReduceSum(axes) as input
+DEFAULT_OPSET = 17
+FORMS = ("loss", "per_sample", "sum", "mean")  # ONNX outputs, in this order
+METADATA_PREFIX = "focalgraph."
+
+
+def check_opset(opset) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or opset not in OPSETS:
+        raise UsageError(f"--opset: expected an integer from {OPSETS.start} to {OPSETS.stop - 1}, got {opset!r}")
+    return int(opset)
+
+
+def forms_function(spec: FocalSpec):
+    """A `tf.function` with the spec's input signature returning every form (see `SpecLoss.forms`)."""
+    tf = import_tensorflow()
+    from focal_graph.graph import SpecLoss, input_signature
+
+    loss = SpecLoss(spec)
+    return tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
+
+
+def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> onnx.ModelProto:
+    """The spec's forms as a checked ONNX model: inputs named as in the spec, dimensions named
+    (`export.cases.dimension_names`), outputs ``loss``, ``per_sample``, ``sum``, ``mean``, and
+    ``metadata`` stored as model properties under ``focalgraph.``."""
+    opset = check_opset(opset)
+    tf2onnx = import_tf2onnx()
+    function = forms_function(spec)
+    try:
+        with silenced_stderr():
+            model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+    except Exception as error:  # tf2onnx raises many types; each is a failed conversion
+        raise ConversionError(f"tf2onnx failed on {spec.name}: {type(error).__name__}: {error}") from error
+    model = _arranged(model, spec)
+    if metadata:
+        onnx.helper.set_model_props(model, {METADATA_PREFIX + key: str(value) for key, value in metadata.items()})
+    model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(FORMS)}"
+    check(model, spec)
+    return model
+
+
+def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
+    """Outputs in `FORMS` order; every dynamic dimension of the inputs and outputs named so that
+    the N of the labels is the N of the logits; tf2onnx's per-tensor shape hints (``unk__``
+    names) dropped, as ONNX Runtime infers those itself."""
+    graph = model.graph
+    by_name = {output.name: output for output in graph.output}
+    if set(by_name) == set(FORMS):
+        ordered = [by_name[name] for name in FORMS]
+        del graph.output[:]
+        graph.output.extend(ordered)
+    names = dimension_names(spec)
+    # Every input and output is (N, ..., [C]) or a prefix of it: labels (N, ...), per_sample
+    # (N,), the scalars; a fixed size (C, or multi_category's trailing 1) keeps its value.
+    for value in list(graph.input) + list(graph.output):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = name
+    del graph.value_info[:]
+    return model
+
+
+def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
+    """Raise `ConversionError` unless every op is a known ONNX op, the graph inputs are exactly
+    the spec's, the outputs are `FORMS`, the full checker passes and ONNX Runtime runs it."""
+    for node in _nodes(model.graph):
+        if not onnx.defs.has(node.op_type, node.domain or ""):
+            raise ConversionError(
+                f"ONNX op {node.op_type!r} (node {node.name!r}) is not an ONNX operator: tf2onnx could not convert it"
+            )
+    inputs = [value.name for value in model.graph.input]
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    expected = list(spec.input_names)
+    extra = [name for name in inputs if name not in expected and name not in initializers]
+    if extra:
+        raise ConversionError(
+            f"ONNX graph input {extra[0]!r} is not an input of {spec.name} (a tensor captured from outside the tf.function?)"
+        )
+    if [name for name in inputs if name in expected] != expected:
+        raise ConversionError(f"ONNX graph inputs {inputs}: expected {expected}")
+    outputs = [value.name for value in model.graph.output]
+    if outputs != list(FORMS):
+        raise ConversionError(f"ONNX graph outputs {outputs}: expected {list(FORMS)}")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:  # onnx.checker.ValidationError, shape-inference errors
+        raise ConversionError(f"onnx.checker rejected the model: {str(error).strip().splitlines()[0]}") from error
+    from export.runtime import open_session
+
+    try:
+        session = open_session(model.SerializeToString(), "cpu")
+        case = generate(spec)[0]
+        results = session.run(case.inputs)
+    except Exception as error:
+        raise ConversionError(f"ONNX Runtime cannot run the model: {type(error).__name__}: {error}") from error
+    if set(results) != set(FORMS) or results["per_sample"].shape != case.shape[:1]:
+        raise ConversionError(f"ONNX Runtime returned outputs {sorted(results)} of unexpected shapes")
+
+
+def _nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)

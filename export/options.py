@@ -1,0 +1,109 @@
+"""From command-line style options to a `FocalSpec`. No TensorFlow.
+
+The option names are the command line's (``classes``, ``class_counts``, ...); list-valued
+options take a Python sequence or a comma-separated string (``"0.25,0.5,1"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export.errors import UsageError
+from focal_graph.spec import PRESETS, VARIANTS, FocalSpec
+
+# Option name -> FocalSpec field. Every field has an option.
+SPEC_OPTIONS = {
+    "classes": "num_classes",
+    "gamma": "gamma",
+    "alpha": "alpha",
+    "class_weight": "class_weight",
+    "class_counts": "class_counts",
+    "weighting": "weighting",
+    "beta": "beta",
+    "from_logits": "from_logits",
+    "label_smoothing": "label_smoothing",
+    "ignore_index": "ignore_index",
+    "epsilon": "epsilon",
+    "reduction": "reduction",
+    "rank": "rank",
+    "dtype": "dtype",
+}
+LIST_OPTIONS = ("gamma", "alpha", "class_weight", "class_counts")
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def spec_from_options(*, preset=None, variant=None, spec=None, **options) -> FocalSpec:
+    """The FocalSpec named by exactly one of ``preset``, ``variant`` or ``spec`` (a FocalSpec, or
+    the path of a JSON file that ``FocalSpec.to_json`` wrote), with the other options as field
+    overrides. Names may use ``-`` (``multilabel-lsr``). Raises `UsageError` naming the option."""
+    unknown = set(options) - set(SPEC_OPTIONS)
+    if unknown:
+        raise UsageError(f"{sorted(unknown)[0]}: not a spec option (options: {', '.join(SPEC_OPTIONS)})")
+    given = [name for name, value in (("preset", preset), ("variant", variant), ("spec", spec)) if value is not None]
+    if len(given) != 1:
+        raise UsageError("--preset/--variant/--spec: give exactly one")
+    fields: dict = {}
+    if spec is not None:
+        fields = _spec_fields(spec)
+    elif preset is not None:
+        fields["preset"] = _name("--preset", preset, PRESETS)
+    else:
+        fields["variant"] = _name("--variant", variant, VARIANTS)
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in LIST_OPTIONS and isinstance(value, str):
+            value = _numbers(name, value)
+        fields[SPEC_OPTIONS[name]] = value
+    try:
+        return FocalSpec(**fields)
+    except ValueError as error:
+        raise UsageError(_flagged(str(error))) from None
+
+
+def _spec_fields(spec) -> dict:
+    if isinstance(spec, FocalSpec):
+        return {key: value for key, value in spec.to_dict().items()}
+    path = Path(spec)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--spec: cannot read {path} ({error.strerror if isinstance(error, OSError) else error})") from None
+    try:
+        data = json.loads(text)
+        FocalSpec.from_dict(data)  # validates keys and values as written
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--spec: {path} is not valid JSON ({error})") from None
+    except ValueError as error:
+        raise UsageError(f"--spec: {path}: {error}") from None
+    return {key.replace("-", "_"): value for key, value in data.items() if key.replace("-", "_") != "spec_version"}
+
+
+def _name(flag: str, value: str, allowed) -> str:
+    name = str(value).replace("-", "_")
+    if name not in allowed:
+        shown = ", ".join(a.replace("_", "-") for a in allowed)
+        raise UsageError(f"{flag}: expected one of {shown}, got {value!r}")
+    return name
+
+
+def _numbers(name: str, text: str):
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{option_flag(name)}: expected a number or comma-separated numbers, got {text!r}") from None
+    if name == "class_counts":
+        values = [int(v) if v.is_integer() else v for v in values]
+    return values[0] if len(values) == 1 and name in ("gamma", "alpha") else values
+
+
+def _flagged(message: str) -> str:
+    """A FocalSpec error ("num_classes: ...") with the field named as its command-line flag."""
+    field, sep, rest = message.partition(":")
+    flags = {f: option_flag(o) for o, f in SPEC_OPTIONS.items()} | {"variant/preset": "--preset/--variant"}
+    flags |= {"variant": "--variant", "preset": "--preset"}
+    return f"{flags[field]}:{rest}" if sep and field in flags else message

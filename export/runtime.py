@@ -1,0 +1,112 @@
+"""ONNX Runtime sessions: pick the execution provider, record which one ran the nodes.
+
+onnxruntime and numpy only: no TensorFlow, so a serving host with only onnxruntime(-gpu) can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from export.errors import ProviderError, UsageError
+from export.quiet import silenced_stderr, verbose
+
+PROVIDERS = ("auto", "cpu", "cuda")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# TF32 rounds float32 matrix inputs to 10 mantissa bits on Ampere and later; off for parity.
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+@dataclass
+class RuntimeSession:
+    """An `onnxruntime.InferenceSession` and what ran it.
+
+    ``provider`` is the execution provider that the session put first and that ran the graph's
+    nodes; ``assignment`` counts the nodes each provider was given; ``note`` says why ``auto``
+    chose what it chose.
+    """
+
+    session: object
+    requested: str
+    provider: str
+    assignment: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: dict) -> dict[str, np.ndarray]:
+        values = self.session.run(None, {name: inputs[name] for name in self.input_names})
+        return dict(zip(self.output_names, values))
+
+    def describe(self) -> dict:
+        return {
+            "requested": self.requested,
+            "provider": self.provider,
+            "session_providers": list(self.session.get_providers()),
+            "nodes_per_provider": self.assignment,
+            "note": self.note,
+        }
+
+
+def open_session(model, provider: str = "auto") -> RuntimeSession:
+    """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``.
+
+    - ``cpu``: the CPU execution provider.
+    - ``cuda``: the CUDA provider with TF32 off, or `ProviderError` when it cannot be created
+      (ONNX Runtime itself would silently fall back to the CPU).
+    - ``auto``: CUDA when its provider can be created, else the CPU; ``note`` says which and why.
+    """
+    import onnxruntime
+
+    if provider not in PROVIDERS:
+        raise UsageError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    model = str(model) if not isinstance(model, bytes) else model
+    reason = ""
+    if provider in ("auto", "cuda"):
+        if CUDA not in onnxruntime.get_available_providers():
+            reason = f"this onnxruntime build ({onnxruntime.__version__}) has no {CUDA}"
+        else:
+            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True)
+            if session.get_providers()[0] == CUDA:
+                note = "auto: CUDA provider created" if provider == "auto" else ""
+                return _described(session, provider, note)
+            reason = f"{CUDA} could not be created (no usable GPU, driver or CUDA libraries; --verbose shows ONNX Runtime's log)"
+        if provider == "cuda":
+            raise ProviderError(f"--provider cuda: {reason}")
+    session = _session(onnxruntime, model, [CPU], quiet=False)
+    return _described(session, provider, f"auto: using the CPU; {reason}" if provider == "auto" else "")
+
+
+def _session(onnxruntime, model, providers, *, quiet: bool):
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    if quiet and not verbose():
+        options.log_severity_level = 4  # the CUDA probe's failure is reported by us, in one line
+        onnxruntime.set_default_logger_severity(4)
+    try:
+        if any(p[0] == CUDA for p in providers if isinstance(p, tuple)) and hasattr(onnxruntime, "preload_dlls"):
+            with silenced_stderr(), contextlib.redirect_stdout(io.StringIO()):
+                onnxruntime.preload_dlls()  # it prints what it cannot find  # CUDA/cuDNN from the nvidia-* pip packages, if present
+        with silenced_stderr() if quiet else contextlib.nullcontext():
+            return onnxruntime.InferenceSession(model, options, providers=providers)
+    finally:
+        if quiet and not verbose():
+            onnxruntime.set_default_logger_severity(2)
+
+
+def _described(session, requested: str, note: str) -> RuntimeSession:
+    assignment = Counter()
+    for subgraph in session.get_provider_graph_assignment_info():
+        assignment[subgraph.ep_name] += len(subgraph.get_nodes())
+    return RuntimeSession(session, requested, session.get_providers()[0], dict(assignment), note)

@@ -1,0 +1,74 @@
+"""TensorFlow's side: the SavedModel with one signature per form, and its outputs on cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.cases import Case
+from export.quiet import import_tensorflow, silenced_stderr
+from focal_graph.spec import FocalSpec
+
+# SavedModel signature -> the form it returns (one output, named after the form).
+SIGNATURES = {"serving_default": "loss", "per_sample": "per_sample", "sum": "sum", "mean": "mean"}
+
+
+class _Form:
+    """One form of a spec's loss, as a callable with the spec's input names."""
+
+    def __init__(self, loss, form: str):
+        self.loss, self.form = loss, form
+
+    def __call__(self, y_true, y_pred):
+        return {self.form: self.loss.forms(y_true, y_pred)[self.form]}
+
+
+def save_saved_model(spec: FocalSpec, path: Path) -> None:
+    """A SavedModel at ``path`` whose signatures (`SIGNATURES`) take the spec's named inputs."""
+    tf = import_tensorflow()
+    from focal_graph.graph import SpecLoss, input_signature
+
+    loss = SpecLoss(spec)
+    module = tf.Module()
+    signatures = {}
+    for name, form in SIGNATURES.items():
+        function = tf.function(_Form(loss, form), input_signature=input_signature(spec), autograph=False)
+        setattr(module, name, function)
+        signatures[name] = function.get_concrete_function()
+    with silenced_stderr():
+        tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def outputs_from_saved_model(path: Path, cases: list[Case]) -> dict:
+    """``{case name: {form: array}}`` from the SavedModel's signatures."""
+    tf = _tensorflow_for_parity()
+    with silenced_stderr():
+        loaded = tf.saved_model.load(str(path))
+    functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
+    return {
+        case.name: {
+            form: function(**{k: tf.constant(v) for k, v in case.inputs.items()})[form].numpy()
+            for form, function in functions.items()
+        }
+        for case in cases
+    }
+
+
+def outputs_from_spec(spec: FocalSpec, cases: list[Case]) -> dict:
+    """``{case name: {form: array}}`` from the spec's graph, built afresh."""
+    tf = _tensorflow_for_parity()
+    from focal_graph.graph import SpecLoss, input_signature
+
+    loss = SpecLoss(spec)
+    function = tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
+    return {
+        case.name: {form: np.asarray(value) for form, value in function(*map(tf.constant, case.inputs.values())).items()}
+        for case in cases
+    }
+
+
+def _tensorflow_for_parity():
+    tf = import_tensorflow()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    return tf

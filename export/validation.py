@@ -1,0 +1,148 @@
+"""``validate``: ONNX Runtime against TensorFlow, output by output, element by element.
+
+Two references: TensorFlow itself (the artifact's SavedModel, or the graph rebuilt from
+``spec.json`` when the artifact has none) on generated cases, or, with ``reference_only``, the
+TensorFlow outputs stored in ``reference.npz`` at export time. The second path imports neither
+TensorFlow nor tf2onnx, so a serving host with only onnxruntime can check its own runtime.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+
+from export import artifact
+from export.cases import Case, generate, load_reference, parse_shapes
+from export.compare import TOLERANCES, compare
+from export.errors import ArtifactError, UsageError
+from export.runtime import open_session
+from focal_graph.spec import FocalSpec
+
+FORMS = ("loss", "per_sample", "sum", "mean")  # export.onnx_conversion.FORMS, without its imports
+
+
+def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
+             report=None) -> dict:
+    """Validate the artifact at ``artifact_dir``; returns the report (``report["passed"]``).
+
+    Args:
+        provider: ``auto`` | ``cpu`` | ``cuda`` (see `export.runtime.open_session`).
+        shapes: prediction shapes to generate inputs for (``"8x10,0x10"`` or tuples); default
+            `export.cases.default_shapes`. Not with ``reference_only``.
+        atol, rtol: an element fails only where it exceeds both; defaults per dtype
+            (`export.compare.TOLERANCES`).
+        reference_only: compare with ``reference.npz`` instead of running TensorFlow.
+        report: a path to write the report to as JSON.
+
+    Raises `ArtifactError` when the files do not match the manifest, `UsageError` on bad options.
+    """
+    directory = Path(artifact_dir)
+    artifact.verify(directory)
+    spec = read_spec(directory)
+    if not (directory / artifact.ONNX).is_file():
+        raise ArtifactError(f"{directory / artifact.ONNX}: missing; this artifact was exported without ONNX")
+    if report is not None and not Path(report).parent.is_dir():
+        raise UsageError(f"--report: directory {Path(report).parent} does not exist")
+    atol, rtol = tolerances(spec, atol, rtol)
+    if reference_only:
+        if shapes is not None:
+            raise UsageError("--shapes: not with --reference-only (the stored inputs are the reference's)")
+        try:
+            cases, expected = load_reference(directory / artifact.REFERENCE, spec, FORMS)
+        except (OSError, ValueError, KeyError) as error:
+            raise ArtifactError(f"{directory / artifact.REFERENCE}: unreadable ({error})") from None
+        source = artifact.REFERENCE
+    else:
+        cases = generate(spec, None if shapes is None else parse_shapes(spec, shapes))
+        from export import tensorflow_reference
+
+        if (directory / artifact.SAVED_MODEL).is_dir():
+            expected = tensorflow_reference.outputs_from_saved_model(directory / artifact.SAVED_MODEL, cases)
+            source = "TensorFlow: " + artifact.SAVED_MODEL
+        else:
+            expected = tensorflow_reference.outputs_from_spec(spec, cases)
+            source = "TensorFlow: graph rebuilt from " + artifact.SPEC
+    result = run(directory / artifact.ONNX, spec, cases, expected, provider=provider, atol=atol, rtol=rtol, source=source)
+    result["artifact"] = str(directory)
+    if report is not None:
+        artifact.write_json_atomically(report, result)
+    return result
+
+
+def read_spec(directory: Path) -> FocalSpec:
+    try:
+        return FocalSpec.from_json((directory / artifact.SPEC).read_text())
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{directory / artifact.SPEC}: not a readable FocalSpec ({error})") from None
+
+
+def tolerances(spec: FocalSpec, atol, rtol) -> tuple[float, float]:
+    default_atol, default_rtol = TOLERANCES[spec.dtype]
+    checked = []
+    for flag, value, default in (("--atol", atol, default_atol), ("--rtol", rtol, default_rtol)):
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag}: expected a finite number >= 0, got {value!r}")
+        checked.append(float(value))
+    return checked[0], checked[1]
+
+
+def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: str, atol: float, rtol: float,
+        source: str) -> dict:
+    """Run ONNX Runtime on every case and compare with ``expected``; returns the report."""
+    session = open_session(model, provider)
+    actual = {case.name: session.run(case.inputs) for case in cases}
+    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=[c.name for c in cases], outputs=list(FORMS))
+    import onnxruntime
+
+    return _finite({
+        "spec": spec.name,
+        "reference": source,
+        "onnxruntime": {"version": onnxruntime.__version__, **session.describe()},
+        "tolerance": {"atol": atol, "rtol": rtol},
+        "cases": [{"name": case.name, "shape": list(case.shape)} for case in cases],
+        "outputs": [verdict.to_dict() for verdict in verdicts],
+        "passed": all(verdict.passed for verdict in verdicts),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": artifact.library_versions(),
+    })
+
+
+def _finite(value):
+    """The report with inf and NaN written as strings, so it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def format_report(report: dict) -> str:
+    """The report as the command line prints it: one line per output, then the verdict."""
+    runtime = report["onnxruntime"]
+    nodes = ", ".join(f"{provider} {count}" for provider, count in runtime["nodes_per_provider"].items())
+    lines = [
+        f"{report.get('artifact', '')}  {report['spec']}",
+        f"  reference: {report['reference']}; {len(report['cases'])} cases",
+        f"  ONNX Runtime {runtime['version']}: {runtime['provider']} ran the graph (nodes: {nodes})"
+        + (f"  [{runtime['note']}]" if runtime["note"] else ""),
+        f"  tolerance: an element fails only where it exceeds atol={report['tolerance']['atol']:g} and rtol={report['tolerance']['rtol']:g}",
+        f"  {'output':<11} {'elements':>9} {'max abs':>10} {'max rel':>10} {'needs atol':>11} {'or rtol':>10}  verdict",
+    ]
+    for verdict in report["outputs"]:
+        numbers = [_number(verdict[key]) for key in ("max_abs_error", "max_rel_error", "required_atol", "required_rtol")]
+        status = "PASS" if verdict["passed"] else f"FAIL ({verdict['failures']} elements)"
+        lines.append(f"  {verdict['output']:<11} {verdict['elements']:>9} {numbers[0]:>10} {numbers[1]:>10} {numbers[2]:>11} {numbers[3]:>10}  {status}")
+        if not verdict["passed"] and verdict["worst"]:
+            worst = verdict["worst"]
+            lines.append(f"    worst: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['actual']!r}")
+        lines.extend(f"    {problem}" for problem in verdict["problems"])
+    lines.append("  PASS" if report["passed"] else "  FAIL")
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return value if isinstance(value, str) else f"{value:.2e}"
