@@ -8,6 +8,8 @@ its output is never trusted unchecked.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 
@@ -45,7 +47,7 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     tf2onnx = import_tf2onnx()
     function = forms_function(spec)
     try:
-        with silenced_stderr():
+        with silenced_stderr(), _without_global_pool_optimizer():
             model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     except Exception as error:  # tf2onnx raises many types; each is a failed conversion
         raise ConversionError(f"tf2onnx failed on {spec.name}: {type(error).__name__}: {error}") from error
@@ -55,6 +57,24 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(FORMS)}"
     check(model, spec)
     return model
+
+
+@contextlib.contextmanager
+def _without_global_pool_optimizer():
+    """tf2onnx's global-pool optimizer rewrites a ReduceMax over the last axis of an (N, T, C)
+    tensor into GlobalMaxPool, which ONNX Runtime rejects when T is 0 ("Only N can be zero"), so
+    it is left out of the optimizer table while we convert. The table is tf2onnx's module-level
+    ``optimizer._optimizers`` (tf2onnx 1.17); a test checks the rewrite stays out."""
+    import tf2onnx.optimizer
+
+    table = getattr(tf2onnx.optimizer, "_optimizers", {})
+    saved = dict(table)
+    table.pop("global_pool_optimizer", None)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)  # in its original order
 
 
 def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:

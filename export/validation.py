@@ -92,8 +92,14 @@ def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: 
         source: str) -> dict:
     """Run ONNX Runtime on every case and compare with ``expected``; returns the report."""
     session = open_session(model, provider)
-    actual = {case.name: session.run(case.inputs) for case in cases}
-    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=[c.name for c in cases], outputs=list(FORMS))
+    actual, failures = {}, []
+    for case in cases:
+        try:
+            actual[case.name] = session.run(case.inputs)
+        except Exception as error:  # onnxruntime's own error types; the case fails, the others still run
+            failures.append(f"{case.name}: ONNX Runtime raised {str(error).strip().splitlines()[0]}")
+    ran = [case.name for case in cases if case.name in actual]
+    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(FORMS))
     import onnxruntime
 
     return _finite({
@@ -103,7 +109,8 @@ def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: 
         "tolerance": {"atol": atol, "rtol": rtol},
         "cases": [{"name": case.name, "shape": list(case.shape)} for case in cases],
         "outputs": [verdict.to_dict() for verdict in verdicts],
-        "passed": all(verdict.passed for verdict in verdicts),
+        "errors": failures,
+        "passed": all(verdict.passed for verdict in verdicts) and not failures,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": artifact.library_versions(),
     })
@@ -140,6 +147,7 @@ def format_report(report: dict) -> str:
             worst = verdict["worst"]
             lines.append(f"    worst: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['actual']!r}")
         lines.extend(f"    {problem}" for problem in verdict["problems"])
+    lines.extend(f"  error: {error}" for error in report["errors"])
     lines.append("  PASS" if report["passed"] else "  FAIL")
     return "\n".join(lines)
 

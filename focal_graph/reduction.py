@@ -17,7 +17,9 @@ def reduce_classes(reduce, values, keepdims: bool = False) -> tf.Tensor:
     """``reduce(values, axis=-1, keepdims=keepdims)`` for ``reduce`` a ``tf.reduce_*`` function.
 
     With C >= 1 the result is empty exactly when ``values`` is, so a reshape to the shape it must
-    have (free: no copy in either backend) repairs ONNX Runtime's.
+    have (a view, no copy) repairs ONNX Runtime's. The reshape works after tf2onnx although it
+    writes ONNX Reshape without ``allowzero`` (a 0 in the target shape copies the input's size):
+    ONNX Runtime's wrong result keeps the input's batch sizes, so a copied size is the right one.
     """
     reduced = reduce(values, axis=-1, keepdims=keepdims)
     batch = tf.shape(values)[:-1]

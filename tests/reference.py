@@ -130,3 +130,16 @@ def seed002(logits, labels, alpha, gamma=2.0, epsilon=1e-7):
     prob = np.clip(prob, epsilon, 1 - epsilon)
     alpha_choice = np.asarray(alpha, np.float64).reshape(-1)[labels]
     return -np.mean(alpha_choice * (1 - prob) ** gamma * np.log(prob))
+
+
+def forms(loss, counted=None):
+    """The artifact's four forms of an unreduced loss, in float64: ``counted`` marks the positions
+    a mean divides by (default: all)."""
+    loss = np.asarray(loss, np.float64)
+    count = loss.size if counted is None else int(np.sum(counted))
+    return {
+        "loss": loss,
+        "per_sample": loss.sum(axis=tuple(range(1, loss.ndim))),
+        "sum": loss.sum(),
+        "mean": loss.sum() / max(count, 1),
+    }
