@@ -46,7 +46,7 @@ def errors(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.nda
     special = ~np.isfinite(expected) | ~np.isfinite(actual)
     with np.errstate(invalid="ignore", divide="ignore"):
         absolute = np.where(special, np.inf, np.abs(actual - expected))
-        relative = np.where(absolute == 0, 0.0, absolute / np.abs(expected))
+        relative = np.where(special, np.inf, np.where(absolute == 0, 0.0, absolute / np.abs(expected)))
     absolute = np.where(same_special, 0.0, absolute)
     relative = np.where(same_special, 0.0, relative)
     return absolute, relative
