@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install artifacts test demo clean
 
 install: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The main job: export and validate the built-in losses (export.exporter.default_specs).
+artifacts: install
+	$(BIN)/focalgraph export-defaults --out artifacts --force
 
 test: install
 	$(BIN)/python -m pytest

@@ -35,6 +35,18 @@ _PROVIDER = click.option(
 )
 
 
+def _set_verbose(context, parameter, value):
+    if value:
+        from export.quiet import set_verbose
+
+        set_verbose(True)
+
+
+# Accepted after the command too (`focalgraph export --verbose ...`), not only before it.
+_VERBOSE = click.option("--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+                        help="Show TensorFlow's, tf2onnx's and ONNX Runtime's own logs.")
+
+
 def _with(options):
     def decorate(function):
         for option in reversed(options):
@@ -51,10 +63,12 @@ def cli(verbose):
     """Focal losses as SavedModel and ONNX artifacts, with proven parity."""
     from export.quiet import set_verbose
 
-    set_verbose(verbose)
+    if verbose:
+        set_verbose(True)
 
 
 @cli.command("export")
+@_VERBOSE
 @click.option("--preset", help="multilabel-lsr | multi-category | sparse-softmax (the seeds' losses).")
 @click.option("--variant", help="sparse-softmax | softmax | sigmoid.")
 @click.option("--spec", type=click.Path(dir_okay=False), help="A FocalSpec JSON file (spec.json of an artifact).")
@@ -74,6 +88,7 @@ def export_command(out, no_validate, **options):
 
 
 @cli.command("export-defaults")
+@_VERBOSE
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False), help="Parent directory.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
 @click.option("--no-validate", is_flag=True, help="Skip the parity checks.")
@@ -87,6 +102,7 @@ def export_defaults_command(out, no_validate, **options):
 
 
 @cli.command("validate")
+@_VERBOSE
 @click.argument("artifact", type=click.Path())
 @_PROVIDER
 @click.option("--shapes", help="Prediction shapes to test, e.g. 8x10,0x10 (default: several per dynamic dimension).")
@@ -104,6 +120,7 @@ def validate_command(artifact, **options):
 
 
 @cli.command("inspect")
+@_VERBOSE
 @click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_command(artifact, as_json):
@@ -119,15 +136,13 @@ def _exported(result) -> str:
     report = result.validation
     if report is None:
         return line + "; not validated"
-    worst = max(report["outputs"], key=lambda verdict: _float(verdict["max_abs_error"]))
+    largest = {key: max(float(v[key]) for v in report["outputs"]) for key in ("max_abs_error", "max_rel_error")}
+    tolerance = report["tolerance"]
     return (
         line + f"; ONNX Runtime ({report['onnxruntime']['provider']}) matches TensorFlow on {len(report['cases'])} cases"
-        f" (max abs error {_float(worst['max_abs_error']):.1e})"
+        f" (max abs error {largest['max_abs_error']:.1e}, max rel error {largest['max_rel_error']:.1e};"
+        f" atol {tolerance['atol']:g}, rtol {tolerance['rtol']:g})"
     )
-
-
-def _float(value) -> float:
-    return float(value)
 
 
 def main(argv=None) -> int:

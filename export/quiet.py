@@ -50,6 +50,8 @@ def import_tensorflow():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with silenced_stderr():
         import tensorflow as tf
+
+        tf.zeros(())  # creates the devices now: the CUDA probe logs cuInit errors (E level) here
     if not _verbose:
         tf.get_logger().setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
