@@ -34,6 +34,8 @@ REFERENCE = "reference.npz"
 VALIDATION = "validation.json"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+# The loss's forms: the ONNX model's outputs in this order, one SavedModel signature each.
+FORMS = ("loss", "per_sample", "sum", "mean")
 
 # Libraries whose versions decide the artifact's numbers; recorded in every manifest.
 LIBRARIES = ("focalgraph", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "protobuf")

@@ -46,7 +46,6 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
             "--dtype: bfloat16 cannot be exported (tf2onnx writes it as float16 and the model does not load; "
             "numpy has no bfloat16 for the reference outputs); export float32 or float16"
         )
-    tolerances(loss_spec, None, None)
     artifact.check_destination(out, force)
 
     from export import tensorflow_reference

@@ -13,14 +13,16 @@ import contextlib
 import numpy as np
 import onnx
 
+from export import artifact
 from export.cases import dimension_names, generate
 from export.errors import ConversionError, UsageError
-from export.quiet import import_tensorflow, import_tf2onnx, silenced_stderr
+from export.quiet import import_tf2onnx, silenced_stderr
+from export.tensorflow_reference import forms_function
 from focal_graph.spec import FocalSpec
 
 OPSETS = range(13, 19)  # tf2onnx 1.17 writes at most 18; 13 is the first with ReduceSum(axes) as input
 DEFAULT_OPSET = 17
-FORMS = ("loss", "per_sample", "sum", "mean")  # ONNX outputs, in this order
+FORMS = artifact.FORMS
 METADATA_PREFIX = "focalgraph."
 
 
@@ -30,22 +32,13 @@ def check_opset(opset) -> int:
     return int(opset)
 
 
-def forms_function(spec: FocalSpec):
-    """A `tf.function` with the spec's input signature returning every form (see `SpecLoss.forms`)."""
-    tf = import_tensorflow()
-    from focal_graph.graph import SpecLoss, input_signature
-
-    loss = SpecLoss(spec)
-    return tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
-
-
 def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> onnx.ModelProto:
     """The spec's forms as a checked ONNX model: inputs named as in the spec, dimensions named
     (`export.cases.dimension_names`), outputs ``loss``, ``per_sample``, ``sum``, ``mean``, and
     ``metadata`` stored as model properties under ``focalgraph.``."""
     opset = check_opset(opset)
     tf2onnx = import_tf2onnx()
-    function = forms_function(spec)
+    function = forms_function(spec)  # imports TensorFlow
     try:
         with silenced_stderr(), _without_global_pool_optimizer():
             model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)

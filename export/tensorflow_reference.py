@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from export.artifact import FORMS
 from export.cases import Case
 from export.quiet import import_tensorflow, silenced_stderr
 from focal_graph.spec import FocalSpec
 
 # SavedModel signature -> the form it returns (one output, named after the form).
-SIGNATURES = {"serving_default": "loss", "per_sample": "per_sample", "sum": "sum", "mean": "mean"}
+# serving_default is the unreduced loss, as serving clients expect of the default signature.
+SIGNATURES = {"serving_default": "loss", **{form: form for form in FORMS if form != "loss"}}
 
 
 class _Form:
@@ -55,13 +57,20 @@ def outputs_from_saved_model(path: Path, cases: list[Case]) -> dict:
     }
 
 
-def outputs_from_spec(spec: FocalSpec, cases: list[Case]) -> dict:
-    """``{case name: {form: array}}`` from the spec's graph, built afresh."""
-    tf = _tensorflow_for_parity()
+def forms_function(spec: FocalSpec):
+    """A `tf.function` with the spec's input signature returning every form (`SpecLoss.forms`):
+    what tf2onnx converts, and TensorFlow's reference for an artifact without a SavedModel."""
+    tf = import_tensorflow()
     from focal_graph.graph import SpecLoss, input_signature
 
     loss = SpecLoss(spec)
-    function = tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
+    return tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
+
+
+def outputs_from_spec(spec: FocalSpec, cases: list[Case]) -> dict:
+    """``{case name: {form: array}}`` from the spec's graph, built afresh."""
+    tf = _tensorflow_for_parity()
+    function = forms_function(spec)
     return {
         case.name: {form: np.asarray(value) for form, value in function(*map(tf.constant, case.inputs.values())).items()}
         for case in cases

@@ -19,7 +19,7 @@ from export.errors import ArtifactError, UsageError
 from export.runtime import open_session
 from focal_graph.spec import FocalSpec
 
-FORMS = ("loss", "per_sample", "sum", "mean")  # export.onnx_conversion.FORMS, without its imports
+FORMS = artifact.FORMS
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,

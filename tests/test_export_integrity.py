@@ -32,6 +32,10 @@ def copy(pristine, tmp_path):
     return out
 
 
+def sha256_of(path):
+    return artifact.sha256(path)
+
+
 def leftovers(parent):
     return sorted(p.name for p in parent.iterdir())
 
@@ -49,8 +53,12 @@ def test_untouched_artifact_validates_from_the_reference_alone(copy):
         (lambda d: (d / "saved_model" / "saved_model.pb").write_bytes(b"x"), "saved_model.pb"),
         (lambda d: (d / "notes.txt").write_text("added"), "notes.txt"),
         (lambda d: (d / "manifest.json").unlink(), "manifest.json"),
+        (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:100]), "manifest.json"),
+        (lambda d: (d / "manifest.json").write_text(
+            (d / "manifest.json").read_text().replace(sha256_of(d / "spec.json"), "0" * 64)), "spec.json"),
     ],
-    ids=["truncated-onnx", "edited-spec", "missing-reference", "edited-savedmodel", "extra-file", "no-manifest"],
+    ids=["truncated-onnx", "edited-spec", "missing-reference", "edited-savedmodel", "extra-file", "no-manifest",
+         "truncated-manifest", "edited-manifest-hash"],
 )
 def test_damaged_artifact_is_refused_naming_the_file(copy, damage, named):
     damage(copy)
