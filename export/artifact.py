@@ -59,8 +59,15 @@ def sha256(path: Path) -> str:
 
 
 def _files(directory: Path) -> list[str]:
-    """Every regular file under ``directory``, as sorted POSIX paths relative to it."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    """Every file under ``directory``, as sorted POSIX paths relative to it. Anything else that is
+    not a directory (a link, a pipe, a device) is an `ArtifactError`: an artifact holds files."""
+    names = []
+    for path in directory.rglob("*"):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise ArtifactError(f"{path}: not a regular file (a link or special file has no place in an artifact)")
+        if path.is_file():
+            names.append(path.relative_to(directory).as_posix())
+    return sorted(names)
 
 
 def write_manifest(directory: Path, spec_name: str) -> dict:
@@ -89,7 +96,8 @@ def verify(directory) -> dict:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory}: not an artifact directory (no such directory)")
+        reason = "a file, not a directory" if directory.exists() else "no such directory"
+        raise ArtifactError(f"{directory}: not an artifact directory ({reason})")
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; not a focalgraph artifact, or an incomplete one")
@@ -98,46 +106,71 @@ def verify(directory) -> dict:
         files = manifest["files"]
         if manifest.get("manifest_version") != MANIFEST_VERSION or not isinstance(files, dict):
             raise ValueError("unknown manifest version")
-    except (ValueError, KeyError, TypeError) as error:
+        for name, entry in files.items():
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts or not parts or name == MANIFEST:
+                raise ValueError(f"file name {name!r} is not a path inside the artifact")
+            if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)):
+                raise ValueError(f"entry for {name!r} needs an integer size and a sha256")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise ArtifactError(f"{path}: unreadable manifest ({error})") from None
+    present = _files(directory)
     for name, entry in sorted(files.items()):
         file = directory / name
-        if not file.is_file():
+        if name not in present:
             raise ArtifactError(f"{file}: listed in {MANIFEST} but missing")
         size = file.stat().st_size
         if size != entry["size"]:
             raise ArtifactError(f"{file}: {size} bytes, {MANIFEST} says {entry['size']} (truncated or edited)")
         if sha256(file) != entry["sha256"]:
             raise ArtifactError(f"{file}: sha256 differs from {MANIFEST} (edited)")
-    extra = [name for name in _files(directory) if name != MANIFEST and name not in files]
+    extra = [name for name in present if name != MANIFEST and name not in files]
     if extra:
         raise ArtifactError(f"{directory / extra[0]}: not listed in {MANIFEST} (added after export)")
     return manifest
 
 
 def check_destination(out, force: bool) -> Path:
-    """``out`` as a Path, or a `UsageError` when it exists and ``force`` is not set."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"--out: {out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} exists and is not a directory")
+    """``out`` as an absolute Path, or a `UsageError`: ``out`` must not exist (or, with ``force``,
+    be an artifact or an empty directory, which is replaced), must not be this process's working
+    directory or one of its parents, and must be creatable (its nearest existing parent a
+    writable directory)."""
+    out = Path(os.path.abspath(out))
+    if out == Path.cwd() or out in Path.cwd().parents:
+        raise UsageError(f"--out: {out} is the working directory or one of its parents; name a new directory")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise UsageError(f"--out: {out} already exists; pass --force to replace it")
+        if out.is_symlink() or not out.is_dir():
+            raise UsageError(f"--out: {out} exists and is not a directory")
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise UsageError(f"--out: {out} is not a focalgraph artifact and not empty; --force replaces only those")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: cannot create {out}: {parent} is not a writable directory")
     return out
 
 
 @contextlib.contextmanager
-def staged(out: Path, force: bool) -> Iterator[Path]:
+def staged(out, force: bool) -> Iterator[Path]:
     """A temporary directory beside ``out`` that becomes ``out`` only if the block succeeds.
 
     On any exception (KeyboardInterrupt included) the temporary directory, and any parent
-    directories created for it, are removed and ``out`` is untouched. An existing ``out`` is
+    directories created for it, are removed and ``out`` is as it was. An existing ``out`` is
     replaced only when ``force`` is set, and only after the new one is complete.
     """
     out = check_destination(out, force)
-    created = [p for p in reversed(out.absolute().parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    created = [p for p in reversed(out.parents) if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        _remove_created(created)
+        raise UsageError(f"--out: cannot create {out} ({error.strerror})") from None
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is an ordinary directory
+    old = None
     try:
         yield stage
         if out.exists():
@@ -146,15 +179,23 @@ def staged(out: Path, force: bool) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(stage, out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
-        for parent in reversed(created):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+        if old is not None:
+            if not out.exists() and (old / out.name).exists():
+                os.replace(old / out.name, out)  # interrupted between the two renames: put it back
+            shutil.rmtree(old, ignore_errors=True)
+        _remove_created(created)
         raise
+
+
+def _remove_created(directories) -> None:
+    for directory in reversed(directories):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def write_json_atomically(path, data: dict) -> None:

@@ -15,8 +15,12 @@ from focal_graph.spec import FocalSpec
 
 # Meaningful names for the dynamic dimensions of (N, ..., C), shared by every input and output.
 _BATCH_NAMES = {2: ("N",), 3: ("N", "T"), 4: ("N", "H", "W"), 5: ("N", "D", "H", "W")}
-BASE_SIZE = {"N": 6, "C": 5}  # other batch dimensions: 3
-LARGER_SIZE = {"N": 33, "C": 11}  # other batch dimensions: 5
+BASE_SIZE = {"N": 6, "C": 5}  # T, H, W, D: 3; d1, d2, ... (rank > 5): 1, to keep cases small
+LARGER_SIZE = {"N": 33, "C": 11}  # T, H, W, D: 5; d1, d2, ...: 2
+MAX_CASE_ELEMENTS = 1 << 24  # per case: 64 MB of float32 predictions
+# Logits of this size are "large" (the loss is then about as large). float16 outputs stop at 65504,
+# so their large case is smaller, or every sum would be inf on both sides and compare nothing.
+LARGE_LOGITS = {"float16": 1e2, "float32": 1e4, "float64": 1e4}
 
 
 def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
@@ -45,7 +49,7 @@ def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
     nothing to score, and no label is valid.
     """
     names = dimension_names(spec)
-    base = [BASE_SIZE.get(name, 3) for name in names]
+    base = [BASE_SIZE.get(name, 1 if name.startswith("d") else 3) for name in names]
     if spec.num_classes is not None:
         base[-1] = spec.num_classes
     shapes = [tuple(base)]
@@ -55,7 +59,7 @@ def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
                 continue
             sizes = (1, 2, LARGER_SIZE["C"])
         else:
-            sizes = (0, 1, LARGER_SIZE.get(name, 5))
+            sizes = (0, 1, LARGER_SIZE.get(name, 2 if name.startswith("d") else 5))
         for size in sizes:
             shape = list(base)
             shape[axis] = size
@@ -86,35 +90,75 @@ def parse_shapes(spec: FocalSpec, text) -> list[tuple[int, ...]]:
             raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has C={shape[-1]}; the spec fixes C={spec.num_classes}")
         if shape[-1] == 0:
             raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has no class (C=0)")
+        _check_size("--shapes", shape)
+    repeated = [shape for i, shape in enumerate(shapes) if shape in shapes[:i]]
+    if repeated:
+        raise UsageError(f"--shapes: {_text(repeated[0])} is given twice")
     return shapes
 
 
+def _check_size(option: str, shape) -> None:
+    elements = int(np.prod(shape, dtype=object))
+    if elements > MAX_CASE_ELEMENTS:
+        raise UsageError(f"{option}: {_text(shape)} has {elements} elements; validation cases take at most {MAX_CASE_ELEMENTS}")
+
+
 def generate(spec: FocalSpec, shapes=None, seed: int = 0) -> list[Case]:
-    """Random inputs for every shape (default: `default_shapes`), then edge cases on the first:
-    large logits, ties, labels 0 and C-1, soft targets, saturated probabilities and
-    ``ignore_index`` positions, whichever apply to the spec."""
+    """Random inputs for every shape (default: `default_shapes`), then edge cases on the first
+    shape with no empty dimension: large logits, ties, labels 0 and C-1, invalid labels, soft
+    targets, saturated probabilities, NaN and infinite predictions, and ``ignore_index``
+    positions (with finite and with non-finite predictions), whichever apply to the spec."""
     rng = np.random.default_rng(seed)
-    shapes = default_shapes(spec) if shapes is None else list(shapes)
+    if shapes is None:
+        shapes = default_shapes(spec)
+        for shape in shapes:
+            _check_size("classes", shape)
     builder = _CaseBuilder(spec, rng)
     cases = [builder.case(f"random {_text(shape)}", shape) for shape in shapes]
-    base = shapes[0]
-    classes = base[-1]
-    cases.append(builder.case(f"large logits {_text(base)}", base, scale=1e4))
+    base = next((shape for shape in shapes if 0 not in shape), None)
+    if base is None:
+        return cases
+    classes, positions = base[-1], base[:-1]
+    alternate = np.indices(positions).sum(axis=0)  # a checkerboard over the positions
+    cases.append(builder.case(f"large logits {_text(base)}", base, scale=LARGE_LOGITS[spec.dtype]))
     cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(base, 7.0)))
+    cases.append(builder.case(f"non-finite predictions {_text(base)}", base, edit=_non_finite(spec)))
     if spec.sparse:
-        boundary = np.where(np.indices(base[:-1]).sum(axis=0) % 2 == 0, 0, classes - 1)
-        cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=boundary))
+        cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=np.where(alternate % 2 == 0, 0, classes - 1)))
+        invalid = rng.integers(0, classes, size=positions)
+        outside = [value for value in (classes, -2, -3) if value != spec.ignore_index][:2]
+        invalid[alternate % 3 == 0] = outside[0]
+        invalid[alternate % 3 == 1] = outside[1]
+        cases.append(builder.case(f"invalid labels {_text(base)}", base, labels=invalid))
         if spec.ignore_index is not None:
-            labels = rng.integers(0, classes, size=base[:-1])
-            labels[np.indices(base[:-1]).sum(axis=0) % 3 == 0] = spec.ignore_index
+            labels = rng.integers(0, classes, size=positions)
+            labels[alternate % 3 == 0] = spec.ignore_index
             cases.append(builder.case(f"ignore_index {_text(base)}", base, labels=labels))
-            everything = np.full(base[:-1], spec.ignore_index)
+            ignored_rows = np.full(positions, spec.ignore_index)
+            ignored_rows[alternate % 3 == 1] = 0
+            cases.append(builder.case(f"non-finite predictions at ignore_index {_text(base)}", base, labels=ignored_rows,
+                                      edit=_non_finite(spec, where=ignored_rows == spec.ignore_index)))
+            everything = np.full(positions, spec.ignore_index)
             cases.append(builder.case(f"all ignore_index {_text(base)}", base, labels=everything))
     else:
         cases.append(builder.case(f"soft targets {_text(base)}", base, soft=True))
     if not spec.from_logits:
         cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
     return cases
+
+
+def _non_finite(spec: FocalSpec, where=None):
+    """An edit of the predictions: NaN, +inf and -inf (logits) or NaN (probabilities) at the
+    first, second and third of the positions ``where`` marks (default: every position)."""
+    values = (np.nan, np.inf, -np.inf) if spec.from_logits else (np.nan,)
+
+    def edit(predictions):
+        marked = np.argwhere(np.ones(predictions.shape[:-1], bool) if where is None else where)
+        for index, value in zip(marked, values):
+            predictions[tuple(index)][0] = value
+        return predictions
+
+    return edit
 
 
 def _text(shape) -> str:
@@ -129,7 +173,7 @@ class _CaseBuilder:
             raise UsageError("dtype: bfloat16 inputs cannot be generated (numpy has no bfloat16)")
         self.dtype = np.dtype(spec.dtype)
 
-    def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False) -> Case:
+    def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False, edit=None) -> Case:
         spec, rng = self.spec, self.rng
         classes = shape[-1]
         if logits is None:
@@ -154,6 +198,8 @@ class _CaseBuilder:
         else:
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
             predictions = shifted / shifted.sum(axis=-1, keepdims=True)
+        if edit is not None:
+            predictions = edit(np.array(predictions, dtype=np.float64))
         true_name, prediction_name = spec.input_names
         if not spec.sparse:
             y_true = y_true.astype(self.dtype)

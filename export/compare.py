@@ -30,7 +30,7 @@ class Verdict:
     max_rel_error: float = 0.0
     required_atol: float = 0.0
     required_rtol: float = 0.0
-    worst: Optional[dict] = None  # where the largest absolute error is
+    worst: Optional[dict] = None  # the failing element with the largest absolute error (else any)
     problems: list = field(default_factory=list)  # shape or dtype mismatches, by case
 
     def to_dict(self) -> dict:
@@ -78,15 +78,23 @@ def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: li
             verdict.max_rel_error = max(verdict.max_rel_error, float(relative.max()))
             verdict.required_atol = max(verdict.required_atol, float(absolute[relative > rtol].max(initial=0.0)))
             verdict.required_rtol = max(verdict.required_rtol, float(relative[absolute > atol].max(initial=0.0)))
-            index = np.unravel_index(int(np.argmax(absolute)), absolute.shape)
-            if verdict.worst is None or absolute[index] > verdict.max_abs_error:
-                verdict.max_abs_error = float(absolute[index])
+            # the worst element: the largest error among the failing ones, if any
+            ranked = np.where(failing, absolute, -1.0) if failing.any() else absolute
+            index = np.unravel_index(int(np.argmax(ranked)), absolute.shape)
+            verdict.max_abs_error = max(verdict.max_abs_error, float(absolute.max()))
+            if verdict.worst is None or (failing[index] and not verdict.worst["failing"]) or (
+                failing[index] == verdict.worst["failing"] and absolute[index] > verdict.worst["abs_error"]
+            ):
                 verdict.worst = {
                     "case": case,
                     "index": [int(i) for i in index],
                     "expected": float(want[index]),
                     "actual": float(got[index]),
+                    "abs_error": float(absolute[index]),
+                    "failing": bool(failing[index]),
                 }
+        if verdict.elements == 0:
+            verdict.problems.append("no element compared (every case was empty)")
         verdict.passed = verdict.failures == 0 and not verdict.problems
         verdicts.append(verdict)
     return verdicts

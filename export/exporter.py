@@ -10,6 +10,7 @@ from export.cases import generate, save_reference
 from export.errors import UsageError, ValidationFailed
 from export.onnx_conversion import DEFAULT_OPSET, check_opset
 from export.options import spec_from_options
+from export.runtime import check_provider
 from export.validation import tolerances
 from focal_graph.spec import FocalSpec
 
@@ -24,14 +25,14 @@ class ExportResult:
     validation: dict | None  # the report, None with validate=False or without ONNX
 
 
-def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx", opset: int = DEFAULT_OPSET,
+def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx", opset: int | None = None,
            validate: bool = True, force: bool = False, provider: str = "auto", **spec_options) -> ExportResult:
     """Export one loss to the artifact directory ``out``.
 
     The loss is ``preset`` | ``variant`` | ``spec`` (a FocalSpec or a JSON file) with
     ``spec_options`` (``classes``, ``gamma``, ``alpha``, ... as on the command line) overriding
     fields. ``format``: ``savedmodel``, ``onnx`` or both (comma-separated or a sequence).
-    ``opset``: 13 to 18. With ``validate`` (and ONNX), ONNX Runtime on ``provider`` must match
+    ``opset``: 13 to 18 (default 17; ONNX only). With ``validate`` (and ONNX), ONNX Runtime on ``provider`` must match
     TensorFlow on every validation case, else `ValidationFailed`.
 
     Everything is written to a temporary directory beside ``out`` and renamed to ``out`` at the
@@ -40,7 +41,10 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
     """
     loss_spec = spec_from_options(preset=preset, variant=variant, spec=spec, **spec_options)
     formats = parse_formats(format)
-    opset = check_opset(opset)
+    if opset is not None and "onnx" not in formats:
+        raise UsageError("--opset: applies only with --format onnx")
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
+    check_provider(provider)
     if loss_spec.dtype == "bfloat16":
         raise UsageError(
             "--dtype: bfloat16 cannot be exported (tf2onnx writes it as float16 and the model does not load; "
@@ -103,7 +107,7 @@ def default_specs() -> dict[str, FocalSpec]:
     }
 
 
-def export_defaults(out="artifacts", *, opset: int = DEFAULT_OPSET, validate: bool = True, force: bool = False,
+def export_defaults(out="artifacts", *, opset: int | None = None, validate: bool = True, force: bool = False,
                     provider: str = "auto", progress=None) -> list[ExportResult]:
     """Export every `default_specs` artifact to ``out/NAME``; ``progress(name, result)`` is
     called after each."""

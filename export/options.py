@@ -30,6 +30,16 @@ SPEC_OPTIONS = {
     "dtype": "dtype",
 }
 LIST_OPTIONS = ("gamma", "alpha", "class_weight", "class_counts")
+# A spec file holds every value, derived ones included (to_json writes them out). Overriding a
+# field drops the file's values that were derived from it or only make sense with it, unless
+# they are overridden too: --from-logits on a probabilities spec drops its epsilon, and new
+# class counts drop the old weighting, beta and the class count they implied.
+_DERIVED = {
+    "from_logits": ("epsilon",),
+    "class_counts": ("class_weight", "weighting", "beta", "num_classes"),
+    "class_weight": ("class_counts", "weighting", "beta", "num_classes"),
+    "weighting": ("beta",),
+}
 
 
 def option_flag(name: str) -> str:
@@ -53,12 +63,18 @@ def spec_from_options(*, preset=None, variant=None, spec=None, **options) -> Foc
         fields["preset"] = _name("--preset", preset, PRESETS)
     else:
         fields["variant"] = _name("--variant", variant, VARIANTS)
+    overrides = {}
     for name, value in options.items():
         if value is None:
             continue
         if name in LIST_OPTIONS and isinstance(value, str):
             value = _numbers(name, value)
-        fields[SPEC_OPTIONS[name]] = value
+        overrides[SPEC_OPTIONS[name]] = value
+    for field in overrides:
+        for derived in _DERIVED.get(field, ()):
+            if derived not in overrides:
+                fields.pop(derived, None)
+    fields.update(overrides)
     try:
         return FocalSpec(**fields)
     except ValueError as error:
@@ -74,13 +90,10 @@ def _spec_fields(spec) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--spec: cannot read {path} ({error.strerror if isinstance(error, OSError) else error})") from None
     try:
-        data = json.loads(text)
-        FocalSpec.from_dict(data)  # validates keys and values as written
-    except json.JSONDecodeError as error:
-        raise UsageError(f"--spec: {path} is not valid JSON ({error})") from None
+        spec = FocalSpec.from_json(text)  # validates keys and values as written
     except ValueError as error:
         raise UsageError(f"--spec: {path}: {error}") from None
-    return {key.replace("-", "_"): value for key, value in data.items() if key.replace("-", "_") != "spec_version"}
+    return spec.to_dict()
 
 
 def _name(flag: str, value: str, allowed) -> str:

@@ -59,6 +59,12 @@ class RuntimeSession:
         }
 
 
+def check_provider(provider: str) -> str:
+    if provider not in PROVIDERS:
+        raise UsageError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    return provider
+
+
 def open_session(model, provider: str = "auto") -> RuntimeSession:
     """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``.
 
@@ -69,8 +75,7 @@ def open_session(model, provider: str = "auto") -> RuntimeSession:
     """
     import onnxruntime
 
-    if provider not in PROVIDERS:
-        raise UsageError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    check_provider(provider)
     model = str(model) if not isinstance(model, bytes) else model
     reason = ""
     if provider in ("auto", "cuda"):

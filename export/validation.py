@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from pathlib import Path
 
 from export import artifact
 from export.cases import Case, generate, load_reference, parse_shapes
 from export.compare import TOLERANCES, compare
 from export.errors import ArtifactError, UsageError
-from export.runtime import open_session
+from export.runtime import check_provider, open_session
 from focal_graph.spec import FocalSpec
 
 FORMS = artifact.FORMS
@@ -38,12 +39,13 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     Raises `ArtifactError` when the files do not match the manifest, `UsageError` on bad options.
     """
     directory = Path(artifact_dir)
+    check_provider(provider)
+    if report is not None:
+        check_report_path(report, directory)
     artifact.verify(directory)
     spec = read_spec(directory)
     if not (directory / artifact.ONNX).is_file():
         raise ArtifactError(f"{directory / artifact.ONNX}: missing; this artifact was exported without ONNX")
-    if report is not None and not Path(report).parent.is_dir():
-        raise UsageError(f"--report: directory {Path(report).parent} does not exist")
     atol, rtol = tolerances(spec, atol, rtol)
     if reference_only:
         if shapes is not None:
@@ -66,8 +68,23 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     result = run(directory / artifact.ONNX, spec, cases, expected, provider=provider, atol=atol, rtol=rtol, source=source)
     result["artifact"] = str(directory)
     if report is not None:
-        artifact.write_json_atomically(report, result)
+        try:
+            artifact.write_json_atomically(report, result)
+        except OSError as error:
+            raise UsageError(f"--report: cannot write {report} ({error.strerror})") from None
     return result
+
+
+def check_report_path(report, artifact_dir: Path) -> None:
+    """A `UsageError` unless ``report`` names a new or plain file in a writable directory, outside
+    the artifact (a file added there would fail the next manifest check)."""
+    path = Path(os.path.abspath(report))
+    if path.is_dir() or str(report).endswith(os.sep) or not path.name:
+        raise UsageError(f"--report: {report} is a directory; name a file")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--report: {path.parent} is not a writable directory")
+    if Path(os.path.abspath(artifact_dir)) in path.parents:
+        raise UsageError(f"--report: {report} is inside the artifact; write the report elsewhere")
 
 
 def read_spec(directory: Path) -> FocalSpec:

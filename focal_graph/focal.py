@@ -76,14 +76,11 @@ def sparse_softmax_focal_loss(
     log_p_t = softmax_log_prob_at(logits, class_index, from_logits=from_logits, epsilon=epsilon)
     loss = _focal_term(-log_p_t, 1.0 - tf.exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
 
-    # tf2onnx lowers a float tf.where to cond * a + (1 - cond) * b unless a branch is a NaN or Inf
-    # constant, and NaN * 0 is NaN: so zero the ignored positions while every loss is still
-    # finite, then write the NaN constant (kept a real Where) at the invalid ones.
     counted = in_range
     if ignored is not None:
-        loss = tf.where(ignored, tf.zeros_like(loss), loss)
+        loss = _where_exact(ignored, tf.zeros_like(loss), loss)  # 0 even where the logits are not finite
         counted = tf.logical_or(in_range, ignored)
-    loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))
+    loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
     return tf.cast(loss, out_dtype)
 
 
@@ -236,6 +233,18 @@ def _targets(targets, y_pred: tf.Tensor) -> tf.Tensor:
     if not (targets.dtype.is_floating or targets.dtype.is_integer or targets.dtype == tf.bool):
         raise ValueError(f"targets: expected numeric targets, got dtype {targets.dtype.name}")
     return tf.cast(targets, y_pred.dtype)
+
+
+def _where_exact(condition, x, y) -> tf.Tensor:
+    """``tf.where(condition, x, y)`` that stays a selection after tf2onnx.
+
+    tf2onnx 1.17 lowers a float ``tf.where`` to ``cond * x + (1 - cond) * y``, so a NaN or inf in
+    the branch not taken leaks (NaN * 0 = NaN), unless the condition is an IsNaN or a branch is a
+    NaN/inf constant (``Select.version_9`` in tf2onnx/onnx_opset/controlflow.py). The condition is
+    therefore passed through a NaN marker and ``is_nan``: two Where ops on the condition's shape.
+    """
+    marker = tf.where(condition, tf.constant(np.nan, x.dtype), tf.constant(0.0, x.dtype))
+    return tf.where(tf.math.is_nan(marker), x, y)
 
 
 def _same_shape_guard(targets: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

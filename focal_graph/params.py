@@ -89,6 +89,8 @@ def integer(name: str, value, *, minimum: int | None = None) -> int:
         raise ValueError(f"{name}: expected an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if not -(2**63) <= value < 2**63:  # every integer ends up in an int64 tensor
+        raise ValueError(f"{name}: expected a 64-bit integer, got {value!r}")
     return int(value)
 
 

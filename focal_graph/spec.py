@@ -128,6 +128,8 @@ class FocalSpec:
         kwargs = {}
         for key, value in data.items():
             name = str(key).replace("-", "_")
+            if name in kwargs:
+                raise ValueError(f"{key}: given twice (as {name} and with '-')")
             if name == "spec_version":
                 if value != SPEC_VERSION:
                     raise ValueError(f"spec_version: this focalgraph reads version {SPEC_VERSION}, got {value!r}")
@@ -143,9 +145,11 @@ class FocalSpec:
     @classmethod
     def from_json(cls, text: str) -> FocalSpec:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as error:
             raise ValueError(f"spec: not valid JSON ({error})") from None
+        except RecursionError:
+            raise ValueError("spec: nested too deeply to be a FocalSpec") from None
         return cls.from_dict(data)
 
 
@@ -238,6 +242,14 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         else:
             out["epsilon"] = params.epsilon(params.KERAS_EPSILON if out["epsilon"] is None else out["epsilon"])
     return out
+
+
+def _unique_keys(pairs) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
+    if repeated:
+        raise ValueError(f"{repeated[0]}: given twice")
+    return dict(pairs)
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,6 +10,7 @@ import pytest
 
 from exporting import BLOCK_TENSORFLOW, ROOT, exported, load_json, reference, run_cli
 from export import artifact
+from export.cases import generate
 from export.exporter import default_specs
 from focal_graph.spec import FocalSpec
 
@@ -54,8 +55,37 @@ def test_spec_file_that_is_not_json_is_a_usage_error(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text("{variant: softmax")
     result = run_cli("export", "--spec", path, "--out", tmp_path / "out")
-    assert result.returncode == 2 and "is not valid JSON" in result.stderr
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json"]
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [('{"variant": "softmax", "gamma": 1, "gamma": 2}', "gamma: given twice"),
+     ('{"variant": "softmax", "num_classes": 3, "num-classes": 4}', "given twice"),
+     ("[" * 100000, "nested too deeply"),
+     ('{"variant": "sparse_softmax", "ignore_index": 99999999999999999999}', "64-bit integer")],
+    ids=["repeated-key", "key-with-dash-and-underscore", "deep", "huge-integer"],
+)
+def test_spec_file_that_is_not_one_spec_is_a_usage_error(tmp_path, text, named):
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    result = run_cli("export", "--spec", path, "--out", tmp_path / "out")
+    assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_overriding_a_spec_file_drops_what_the_file_derived(tmp_path):
+    from export.options import spec_from_options
+
+    probabilities = tmp_path / "p.json"
+    probabilities.write_text(FocalSpec(variant="softmax", from_logits=False).to_json())  # epsilon 1e-7 written out
+    assert spec_from_options(spec=str(probabilities), from_logits=True).epsilon is None
+    counted = tmp_path / "c.json"
+    counted.write_text(FocalSpec(variant="softmax", class_counts=[10, 20, 30], weighting="effective_number").to_json())
+    spec = spec_from_options(spec=str(counted), class_counts="1,2,3,4")
+    assert (spec.num_classes, spec.weighting, spec.beta) == (4, "inverse_frequency", None)
+    spec = spec_from_options(spec=str(counted), class_weight="1,2,3")
+    assert spec.class_counts is None and spec.class_weight == (1.0, 2.0, 3.0)
 
 
 def test_existing_out_without_force_is_a_usage_error(sparse_artifact):
@@ -70,7 +100,9 @@ def test_export_prints_one_line_and_no_tensorflow_noise(tmp_path):
     result = run_cli(*args, env={"TF_CPP_MIN_LOG_LEVEL": "0"})  # even with TensorFlow's INFO level on
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.startswith(f"wrote {tmp_path / 'a'} (variant:sigmoid; savedmodel, onnx); ONNX Runtime (CPUExecutionProvider) matches")
+    cases = len(generate(FocalSpec(variant="sigmoid", alpha=0.25, rank=3)))
+    assert result.stdout == (f"wrote {tmp_path / 'a'} (variant:sigmoid; savedmodel, onnx); ONNX Runtime (CPUExecutionProvider)"
+                             f" matches TensorFlow on {cases} cases (every element within atol 1e-05 or rtol 1e-05)\n")
 
 
 @pytest.mark.slow

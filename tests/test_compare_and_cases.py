@@ -50,9 +50,20 @@ def test_shape_and_dtype_mismatches_fail_with_a_reason():
     assert not result.passed and "dtype" in result.problems[0]
 
 
-def test_empty_outputs_pass_with_zero_elements():
+def test_an_output_with_no_element_compared_fails():
     result = verdict(np.zeros((0, 3)), np.zeros((0, 3)))
-    assert result.passed and result.elements == 0
+    assert not result.passed and result.elements == 0 and "no element compared" in result.problems[0]
+
+
+def test_an_empty_case_among_others_passes():
+    expected = {"empty": {"loss": np.zeros((0, 3))}, "full": {"loss": np.ones(3)}}
+    (result,) = compare(expected, expected, atol=0, rtol=0, cases=["empty", "full"], outputs=["loss"])
+    assert result.passed and result.elements == 3
+
+
+def test_worst_names_a_failing_element_not_merely_the_largest_error():
+    result = verdict([1e6, 1.0], [1e6 + 1, 1.1])  # 1e6+1 passes on rtol; 1.1 fails
+    assert not result.passed and result.worst["index"] == [1] and result.worst["failing"]
 
 
 def test_dimension_names_mean_something():
@@ -102,9 +113,40 @@ def test_cases_are_reproducible_and_typed():
             assert a.inputs[name].dtype == np.float16
 
 
+def test_edge_cases_are_built_on_the_first_shape_with_no_empty_dimension():
+    cases = generate(FocalSpec(variant="softmax"), shapes=[(0, 4), (3, 4)])
+    edges = [case for case in cases if not case.name.startswith("random")]
+    assert edges and all(case.shape == (3, 4) for case in edges)
+    assert [case.name for case in generate(FocalSpec(variant="softmax"), shapes=[(0, 4)])] == ["random 0x4"]
+
+
+def test_invalid_labels_and_non_finite_predictions_are_cases():
+    spec = FocalSpec(variant="sparse_softmax", num_classes=4, ignore_index=-1)
+    cases = {case.name.rsplit(" ", 1)[0]: case for case in generate(spec)}
+    labels = cases["invalid labels"].inputs["labels"]
+    assert {4, -2} <= set(labels.ravel().tolist())
+    logits = cases["non-finite predictions at ignore_index"].inputs["logits"]
+    labels = cases["non-finite predictions at ignore_index"].inputs["labels"]
+    assert (labels[~np.isfinite(logits).all(axis=-1)] == -1).all()
+    assert np.isnan(logits).any() and np.isposinf(logits).any() and np.isneginf(logits).any()
+
+
+def test_large_rank_keeps_cases_small():
+    shapes = default_shapes(FocalSpec(variant="softmax", rank=12))
+    assert max(int(np.prod(shape)) for shape in shapes) <= 33 * 5
+
+
+def test_too_large_a_case_is_a_usage_error():
+    with pytest.raises(UsageError, match="--shapes: 100000x100000 has 10000000000 elements"):
+        parse_shapes(FocalSpec(variant="softmax"), "100000x100000")
+    with pytest.raises(UsageError, match="classes"):
+        generate(FocalSpec(variant="softmax", num_classes=10**9))
+
+
 @pytest.mark.parametrize(
     "text, named",
-    [("8x10x3", "rank 3"), ("8xten", "sizes joined by x"), ("8x0", "no class"), ("", "at least one"), ("-1x4", "negative")],
+    [("8x10x3", "rank 3"), ("8xten", "sizes joined by x"), ("8x0", "no class"), ("", "at least one"), ("-1x4", "negative"),
+     ("8x4,8x4", "given twice")],
 )
 def test_bad_shapes_name_the_option(text, named):
     with pytest.raises(UsageError, match=named):

@@ -1,8 +1,11 @@
 """Artifacts are all or nothing, checked against their manifest, and conversion fails loudly."""
 
+import json
+import os
 import shutil
 
 import numpy as np
+from pathlib import Path
 import onnx
 import pytest
 
@@ -32,6 +35,12 @@ def copy(pristine, tmp_path):
     return out
 
 
+def edit_manifest(directory, change):
+    manifest = load_json(directory / "manifest.json")
+    change(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
 def sha256_of(path):
     return artifact.sha256(path)
 
@@ -56,9 +65,13 @@ def test_untouched_artifact_validates_from_the_reference_alone(copy):
         (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:100]), "manifest.json"),
         (lambda d: (d / "manifest.json").write_text(
             (d / "manifest.json").read_text().replace(sha256_of(d / "spec.json"), "0" * 64)), "spec.json"),
+        (lambda d: edit_manifest(d, lambda m: m["files"].__setitem__("spec.json", {})), "manifest.json"),
+        (lambda d: edit_manifest(d, lambda m: m["files"].__setitem__("../elsewhere.json", {"size": 1, "sha256": "0"})),
+         "manifest.json"),
+        (lambda d: (d / "link").symlink_to(d / "spec.json"), "link"),
     ],
     ids=["truncated-onnx", "edited-spec", "missing-reference", "edited-savedmodel", "extra-file", "no-manifest",
-         "truncated-manifest", "edited-manifest-hash"],
+         "truncated-manifest", "edited-manifest-hash", "empty-manifest-entry", "manifest-entry-outside", "symlink"],
 )
 def test_damaged_artifact_is_refused_naming_the_file(copy, damage, named):
     damage(copy)
@@ -195,3 +208,71 @@ def test_report_file_is_written(copy, tmp_path):
     assert report["onnxruntime"]["nodes_per_provider"]["CPUExecutionProvider"] > 0
     assert {v["output"] for v in report["outputs"]} == {"loss", "per_sample", "sum", "mean"}
     assert np.isfinite([v["max_abs_error"] for v in report["outputs"]]).all()
+
+
+def test_force_replaces_only_an_artifact_or_an_empty_directory(tmp_path):
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("precious")
+    with pytest.raises(UsageError, match="not a focalgraph artifact and not empty"):
+        export(keep, variant="softmax", force=True, provider="cpu")
+    assert (keep / "thesis.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("where", ["below-a-file", "working-directory", "parent-of-working-directory"])
+def test_out_that_cannot_be_an_artifact_is_a_usage_error(copy, monkeypatch, where):
+    out = {"below-a-file": copy / "spec.json" / "sub", "working-directory": Path("."), "parent-of-working-directory": Path("..")}[where]
+    monkeypatch.chdir(copy / "saved_model")
+    with pytest.raises(UsageError, match="--out"):
+        export(out, variant="softmax", force=True, provider="cpu")
+    artifact.verify(copy)
+
+
+def test_a_failure_between_the_two_renames_puts_the_old_artifact_back(copy, monkeypatch):
+    before = load_json(copy / "manifest.json")
+    real_replace = os.replace
+    calls = []
+
+    def failing_second_replace(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("simulated failure between the renames")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_second_replace)
+    with pytest.raises(OSError, match="simulated"):
+        export(copy, variant="softmax", force=True, provider="cpu", validate=False)
+    monkeypatch.undo()
+    assert load_json(copy / "manifest.json") == before
+    assert leftovers(copy.parent) == ["artifact"]
+
+
+@pytest.mark.parametrize(
+    "report, named",
+    [("inside", "inside the artifact"), ("directory", "is a directory"), ("missing-parent", "not a writable directory")],
+)
+def test_bad_report_path_is_refused_before_validating(copy, tmp_path, report, named):
+    path = {"inside": copy / "cuda.json", "directory": tmp_path, "missing-parent": tmp_path / "no" / "r.json"}[report]
+    with pytest.raises(UsageError, match=named):
+        validate(copy, reference_only=True, report=path)
+    artifact.verify(copy)
+
+
+def test_bad_provider_and_opset_without_onnx_are_refused_before_any_work(tmp_path):
+    with pytest.raises(UsageError, match="--provider"):
+        export(tmp_path / "a", variant="softmax", provider="gpu", validate=False)
+    with pytest.raises(UsageError, match="--opset: applies only with --format onnx"):
+        export(tmp_path / "a", variant="softmax", format="savedmodel", opset=13)
+    assert leftovers(tmp_path) == []
+
+
+def test_nan_logits_at_ignored_positions_give_0_in_onnx_runtime_as_in_tensorflow(pristine):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(pristine / artifact.ONNX), providers=["CPUExecutionProvider"])
+    logits = np.zeros((1, 3, 5), np.float32)
+    logits[0, 0, 1], logits[0, 1, 2] = np.nan, np.inf
+    labels = np.array([[-1, -1, 2]], np.int64)  # the non-finite rows are ignored
+    loss, per_sample, total, mean = session.run(None, {"labels": labels, "logits": logits})
+    np.testing.assert_allclose(loss, [[0.0, 0.0, np.log(5) * 0.8**2]], rtol=1e-6)
+    np.testing.assert_allclose(mean, np.log(5) * 0.8**2, rtol=1e-6)
