@@ -5,19 +5,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install artifacts test demo clean
+.PHONY: install artifacts bench test demo clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 # The main job: export and validate the built-in losses (export.exporter.default_specs).
 artifacts: install
 	$(BIN)/focalgraph export-defaults --out artifacts --force
+
+# Speed: the default sparse-softmax and sigmoid artifacts against Keras and a read-once floor;
+# writes docs/bench.json, docs/bench.md and docs/bench.png.
+bench: artifacts
+	$(BIN)/focalgraph bench --json docs/bench.json
 
 test: install
 	$(BIN)/python -m pytest

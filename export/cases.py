@@ -67,33 +67,33 @@ def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
     return shapes
 
 
-def parse_shapes(spec: FocalSpec, text) -> list[tuple[int, ...]]:
+def parse_shapes(spec: FocalSpec, text, option: str = "--shapes") -> list[tuple[int, ...]]:
     """Shapes of the predictions from ``"8x10,0x10"`` (or a list of tuples), checked against the
-    spec's rank and class count. Raises `UsageError` naming ``--shapes``."""
+    spec's rank and class count. Raises `UsageError` naming ``option``."""
     if isinstance(text, str):
         items = [item.strip() for item in text.split(",") if item.strip()]
         try:
             shapes = [tuple(int(size) for size in item.lower().split("x")) for item in items]
         except ValueError:
-            raise UsageError(f"--shapes: expected shapes like 8x10,0x10 (sizes joined by x), got {text!r}") from None
+            raise UsageError(f"{option}: expected shapes like 8x10,0x10 (sizes joined by x), got {text!r}") from None
     else:
         shapes = [tuple(int(size) for size in shape) for shape in text]
     if not shapes:
-        raise UsageError("--shapes: expected at least one shape")
+        raise UsageError(f"{option}: expected at least one shape")
     layout = "x".join(dimension_names(spec))
     for shape in shapes:
         if len(shape) != spec.rank:
-            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has rank {len(shape)}; the spec has rank {spec.rank} ({layout})")
+            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has rank {len(shape)}; the spec has rank {spec.rank} ({layout})")
         if any(size < 0 for size in shape):
-            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has a negative size")
+            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has a negative size")
         if spec.num_classes is not None and shape[-1] != spec.num_classes:
-            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has C={shape[-1]}; the spec fixes C={spec.num_classes}")
+            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has C={shape[-1]}; the spec fixes C={spec.num_classes}")
         if shape[-1] == 0:
-            raise UsageError(f"--shapes: {'x'.join(map(str, shape))} has no class (C=0)")
-        _check_size("--shapes", shape)
+            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has no class (C=0)")
+        _check_size(option, shape)
     repeated = [shape for i, shape in enumerate(shapes) if shape in shapes[:i]]
     if repeated:
-        raise UsageError(f"--shapes: {_text(repeated[0])} is given twice")
+        raise UsageError(f"{option}: {_text(repeated[0])} is given twice")
     return shapes
 
 

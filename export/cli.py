@@ -132,6 +132,23 @@ def inspect_command(artifact, as_json):
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 
+@cli.command("bench")
+@_VERBOSE
+@click.argument("artifacts", nargs=-1, type=click.Path())
+@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime execution provider: auto | cpu | cuda.")
+@click.option("--sizes", help="N x C sizes, e.g. 100x1000,16384x1000 (default: 1e5 to 1.6e7 elements).")
+@click.option("--repeats", type=int, default=15, show_default=True, help="Interleaved rounds; each figure is their median.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the results here, with a Markdown table (.md) and a plot (.png) beside it.")
+def bench_command(artifacts, **options):
+    """Time artifacts in TensorFlow and ONNX Runtime against Keras's focal losses and a read-once floor."""
+    from export.bench import DEFAULT_ARTIFACTS, DEFAULT_SIZES, bench, markdown
+
+    sizes = options.pop("sizes") or DEFAULT_SIZES
+    results = bench(artifacts or DEFAULT_ARTIFACTS, sizes=sizes, **options)
+    click.echo(markdown(results))
+
+
 def _exported(result) -> str:
     line = f"wrote {result.out} ({result.spec.name}; {', '.join(result.formats)})"
     report = result.validation
