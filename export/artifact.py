@@ -70,8 +70,9 @@ def _files(directory: Path) -> list[str]:
     return sorted(names)
 
 
-def write_manifest(directory: Path, spec_name: str) -> dict:
-    """Write ``manifest.json`` describing every file now in ``directory``; returns it."""
+def write_manifest(directory: Path, spec_name: str, details: dict | None = None) -> dict:
+    """Write ``manifest.json`` describing every file now in ``directory`` (and ``details`` of how
+    it was made); returns it."""
     files = {
         name: {"size": (directory / name).stat().st_size, "sha256": sha256(directory / name)}
         for name in _files(directory)
@@ -82,6 +83,7 @@ def write_manifest(directory: Path, spec_name: str) -> dict:
         "spec": spec_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
+        **(details or {}),
         "files": files,
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

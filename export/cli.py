@@ -78,7 +78,9 @@ def cli(verbose):
 @click.option("--format", "format", default="savedmodel,onnx", show_default=True, help="savedmodel, onnx or both.")
 @click.option("--opset", type=int, help="ONNX opset, 13 to 18 (default 17).")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs TensorFlow parity check.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (an artifact or an empty directory).")
+@click.option("--xla/--no-xla", default=True, show_default=True,
+              help="Compile the SavedModel's signatures with XLA: faster per call, one compilation per new shape.")
 @_PROVIDER
 def export_command(out, no_validate, **options):
     """Export one loss to an artifact directory (spec, SavedModel, ONNX, reference, report)."""
@@ -94,6 +96,7 @@ def export_command(out, no_validate, **options):
 @click.option("--opset", type=int, help="ONNX opset, 13 to 18 (default 17).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity checks.")
 @click.option("--force", is_flag=True, help="Replace artifacts that exist.")
+@click.option("--xla/--no-xla", default=True, show_default=True, help="Compile the SavedModels' signatures with XLA.")
 @_PROVIDER
 def export_defaults_command(out, no_validate, **options):
     """Export the built-in artifacts: the three presets and the common variants."""

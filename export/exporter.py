@@ -26,14 +26,16 @@ class ExportResult:
 
 
 def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx", opset: int | None = None,
-           validate: bool = True, force: bool = False, provider: str = "auto", **spec_options) -> ExportResult:
+           validate: bool = True, force: bool = False, provider: str = "auto", xla: bool = True,
+           **spec_options) -> ExportResult:
     """Export one loss to the artifact directory ``out``.
 
     The loss is ``preset`` | ``variant`` | ``spec`` (a FocalSpec or a JSON file) with
     ``spec_options`` (``classes``, ``gamma``, ``alpha``, ... as on the command line) overriding
     fields. ``format``: ``savedmodel``, ``onnx`` or both (comma-separated or a sequence).
     ``opset``: 13 to 18 (default 17; ONNX only). With ``validate`` (and ONNX), ONNX Runtime on ``provider`` must match
-    TensorFlow on every validation case, else `ValidationFailed`.
+    TensorFlow on every validation case, else `ValidationFailed`. ``xla``: compile the
+    SavedModel's signatures with XLA (see `tensorflow_reference.save_saved_model`).
 
     Everything is written to a temporary directory beside ``out`` and renamed to ``out`` at the
     end: a failed or interrupted export leaves nothing at ``out``, and an existing ``out`` is
@@ -60,7 +62,7 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
         (stage / artifact.SPEC).write_text(loss_spec.to_json())
         cases = generate(loss_spec)
         if "savedmodel" in formats:
-            tensorflow_reference.save_saved_model(loss_spec, stage / artifact.SAVED_MODEL)
+            tensorflow_reference.save_saved_model(loss_spec, stage / artifact.SAVED_MODEL, xla=xla)
             expected = tensorflow_reference.outputs_from_saved_model(stage / artifact.SAVED_MODEL, cases)
         else:
             expected = tensorflow_reference.outputs_from_spec(loss_spec, cases)
@@ -79,7 +81,7 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
                 if not report["passed"]:
                     raise ValidationFailed(f"{out}: ONNX Runtime does not match TensorFlow; nothing was written", report)
                 artifact.write_json_atomically(stage / artifact.VALIDATION, report)
-        artifact.write_manifest(stage, loss_spec.name)
+        artifact.write_manifest(stage, loss_spec.name, {"saved_model_xla": xla} if "savedmodel" in formats else {})
     return ExportResult(Path(out), loss_spec, formats, report)
 
 
@@ -108,12 +110,13 @@ def default_specs() -> dict[str, FocalSpec]:
 
 
 def export_defaults(out="artifacts", *, opset: int | None = None, validate: bool = True, force: bool = False,
-                    provider: str = "auto", progress=None) -> list[ExportResult]:
+                    provider: str = "auto", xla: bool = True, progress=None) -> list[ExportResult]:
     """Export every `default_specs` artifact to ``out/NAME``; ``progress(name, result)`` is
     called after each."""
     results = []
     for name, spec in default_specs().items():
-        result = export(Path(out) / name, spec=spec, opset=opset, validate=validate, force=force, provider=provider)
+        result = export(Path(out) / name, spec=spec, opset=opset, validate=validate, force=force, provider=provider,
+                        xla=xla)
         if progress is not None:
             progress(name, result)
         results.append(result)

