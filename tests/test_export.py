@@ -176,3 +176,23 @@ def test_export_from_a_spec_file_with_an_override(tmp_path):
     result = export(tmp_path / "a", spec=str(path), gamma=0.5, provider="cpu")
     assert result.spec == FocalSpec(variant="sparse_softmax", gamma=0.5, ignore_index=-1)
     assert FocalSpec.from_json((tmp_path / "a" / "spec.json").read_text()).gamma == 0.5
+
+
+def test_savedmodel_without_xla_validates_too_and_the_manifest_says_which(tmp_path):
+    result = exported(tmp_path / "plain", FocalSpec(variant="sparse_softmax", ignore_index=-1), xla=False)
+    assert result.validation["passed"]
+    assert load_json(tmp_path / "plain" / "manifest.json")["saved_model_xla"] is False
+
+
+def test_onnx_softplus_is_rewritten_into_ops_onnx_runtime_runs_fast(tmp_path):
+    """ONNX Runtime 1.31's CPU Softplus is slow; the sigmoid loss's ONNX graph has none, and
+    still matches the float64 formula at logits where softplus matters most."""
+    spec = FocalSpec(variant="sigmoid", alpha=0.25)
+    exported(tmp_path / "a", spec, validate=False)
+    model = onnx.load(str(tmp_path / "a" / artifact.ONNX))
+    assert "Softplus" not in {node.op_type for node in model.graph.node}
+    logits = np.array([[-100.0, -17.0, -1.0, 0.0, 1.0, 17.0, 100.0]] * 2, np.float32)
+    targets = np.array([[1.0] * 7, [0.0] * 7], np.float32)
+    got = bare_session_outputs(tmp_path / "a", {"targets": targets, "logits": logits})["loss"]
+    want = reference.sigmoid_focal(targets, logits, gamma=2.0, alpha=0.25)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
