@@ -135,6 +135,24 @@ def inspect_command(artifact, as_json):
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 
+@cli.command("eval")
+@_VERBOSE
+@click.argument("artifact", type=click.Path())
+@click.option("--predictions", required=True, help="Predictions: FILE.npy, FILE.npz[:ARRAY] or FILE.parquet[:COLUMN].")
+@click.option("--labels", required=True, help="Labels or targets, one row per prediction row (same formats).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the per-sample losses here (.npy).")
+@click.option("--summary", type=click.Path(dir_okay=False), help="Write the summary here (JSON).")
+@click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch.")
+@click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@_PROVIDER
+def eval_command(artifact, **options):
+    """Per-sample losses of a file of predictions with ONNX Runtime alone (no TensorFlow)."""
+    from export.evaluation import evaluate, format_summary
+
+    summary = evaluate(artifact, progress=sys.stdout.isatty(), **options)
+    click.echo(format_summary(summary))
+
+
 @cli.command("bench")
 @_VERBOSE
 @click.argument("artifacts", nargs=-1, type=click.Path())

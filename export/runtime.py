@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.errors import ProviderError, UsageError
+from export.errors import ArtifactError, ProviderError, UsageError
 from export.quiet import silenced_stderr, verbose
 
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -115,3 +115,80 @@ def _described(session, requested: str, note: str) -> RuntimeSession:
     for subgraph in session.get_provider_graph_assignment_info():
         assignment[subgraph.ep_name] += len(subgraph.get_nodes())
     return RuntimeSession(session, requested, session.get_providers()[0], dict(assignment), note)
+
+
+class LossSession:
+    """A loss artifact (a directory, or a bare ``.onnx`` file) ready to evaluate with ONNX Runtime.
+
+    Imports only onnxruntime and numpy (and focalgraph's numpy-only spec): a host without
+    TensorFlow can use it. A directory is checked against its manifest first. ``provider``:
+    ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran.
+
+    ``session(y_true, predictions)`` returns the per-sample losses, shape (N,); ``forms(...)``
+    returns every output (``loss``, ``per_sample``, ``sum``, ``mean``). ONNX Runtime sessions
+    may be run from several threads at once, and nothing here keeps per-call state, so one
+    LossSession serves many threads.
+    """
+
+    def __init__(self, path, provider: str = "auto"):
+        from pathlib import Path
+
+        from export import artifact
+        from focal_graph.spec import FocalSpec
+
+        path = Path(path)
+        if path.is_dir():
+            artifact.verify(path)
+            self.spec = FocalSpec.from_json((path / artifact.SPEC).read_text())
+            model = path / artifact.ONNX
+            if not model.is_file():
+                raise ArtifactError(f"{model}: missing; this artifact was exported without ONNX")
+        elif path.is_file():
+            model = path
+            self.spec = None
+        else:
+            raise UsageError(f"{path}: no such artifact directory or .onnx file")
+        self.path = path
+        self.runtime = open_session(str(model), provider)
+        if self.spec is None:  # a bare model.onnx carries its spec in the metadata
+            text = self.runtime.session.get_modelmeta().custom_metadata_map.get("focalgraph.spec")
+            self.spec = FocalSpec.from_json(text) if text else None
+        names = self.runtime.input_names
+        if len(names) != 2 or "per_sample" not in self.runtime.output_names:
+            raise UsageError(f"{model}: not a focalgraph loss (inputs {names}, outputs {self.runtime.output_names})")
+        self.input_names = tuple(names)
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider
+
+    def describe(self) -> dict:
+        return self.runtime.describe()
+
+    def forms(self, y_true, predictions) -> dict:
+        return self.runtime.run(dict(zip(self.input_names, (y_true, predictions))))
+
+    def __call__(self, y_true, predictions) -> np.ndarray:
+        feed = dict(zip(self.input_names, (y_true, predictions)))
+        return self.runtime.session.run(["per_sample"], feed)[0]
+
+
+class BatchLoss:
+    """A plain, picklable per-batch callable: ``BatchLoss(path)(y_true, predictions)`` returns
+    the per-sample losses (N,). It opens its `LossSession` on first use in each process, so a
+    distributed engine can ship it to workers and map it over batches unchanged."""
+
+    def __init__(self, path, provider: str = "auto"):
+        self.path, self.provider = str(path), provider
+        self._session = None
+
+    def __call__(self, y_true, predictions) -> np.ndarray:
+        if self._session is None:
+            self._session = LossSession(self.path, self.provider)
+        return self._session(y_true, predictions)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "provider": self.provider}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self.provider, self._session = state["path"], state["provider"], None

@@ -1,0 +1,215 @@
+"""`focalgraph eval` and `export.runtime.LossSession`: ONNX Runtime alone, streamed, checked."""
+
+import concurrent.futures
+import multiprocessing
+import pickle
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import reference
+from exporting import BLOCK_TENSORFLOW, exported, load_json, run_cli
+from export.errors import UsageError
+from export.evaluation import evaluate
+from export.runtime import BatchLoss, LossSession
+from focal_graph.spec import FocalSpec
+
+C = 7
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "sparse"
+    exported(out, FocalSpec(variant="sparse_softmax", ignore_index=-1, alpha=0.5), validate=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(7)
+    logits = (rng.normal(size=(1000, C)) * 3).astype(np.float32)
+    labels = rng.integers(0, C, 1000)
+    labels[::17] = -1  # ignored rows
+    np.save(root / "logits.npy", logits)
+    np.save(root / "labels.npy", labels)
+    return root, logits, labels
+
+
+def expected_losses(logits, labels):
+    return reference.sparse_softmax_focal(labels, logits, gamma=2.0, alpha=0.5, ignore_index=-1)
+
+
+def test_losses_and_summary_match_the_formula(sparse, data, tmp_path):
+    root, logits, labels = data
+    summary = evaluate(sparse, predictions=root / "logits.npy", labels=root / "labels.npy", out=tmp_path / "losses.npy",
+                       summary=tmp_path / "summary.json", batch_size=128, provider="cpu", top_k=5)
+    want = expected_losses(logits, labels)
+    got = np.load(tmp_path / "losses.npy")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert load_json(tmp_path / "summary.json") == summary
+    assert summary["count"] == 1000 and summary["ignored_rows"] == int((labels == -1).sum())
+    assert summary["sum"] == pytest.approx(want.sum(), rel=1e-5)
+    assert summary["mean"] == pytest.approx(want.mean(), rel=1e-5)
+    for entry in summary["per_class"]:
+        members = labels == entry["class"]
+        assert entry["count"] == members.sum()
+        assert entry["mean_loss"] == pytest.approx(want[members].mean(), rel=1e-5)
+    assert [h["row"] for h in summary["hardest"]] == list(np.argsort(-want, kind="stable")[:5])
+
+
+@pytest.mark.parametrize("batch_size", [1, 999, 1000, 5000])
+def test_batch_size_does_not_change_the_losses(sparse, data, tmp_path, batch_size):
+    root, logits, labels = data
+    evaluate(sparse, predictions=root / "logits.npy", labels=root / "labels.npy", out=tmp_path / "l.npy",
+             batch_size=batch_size, provider="cpu")
+    np.testing.assert_allclose(np.load(tmp_path / "l.npy"), expected_losses(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["npz", "parquet-list", "parquet-fixed-size-list"])
+def test_npz_and_parquet_give_the_same_losses(sparse, data, tmp_path, layout):
+    root, logits, labels = data
+    if layout == "npz":
+        np.savez(tmp_path / "d.npz", logits=logits, labels=labels)
+        predictions, label_file = f"{tmp_path / 'd.npz'}:logits", f"{tmp_path / 'd.npz'}:labels"
+    else:
+        values = pa.array(logits.ravel())
+        column = (pa.FixedSizeListArray.from_arrays(values, C) if layout.endswith("fixed-size-list")
+                  else pa.ListArray.from_arrays(pa.array(np.arange(0, logits.size + 1, C, dtype=np.int32)), values))
+        # small row groups: the two columns arrive in chunks that do not line up with the batches
+        pq.write_table(pa.table({"logits": column, "labels": labels}), tmp_path / "d.parquet", row_group_size=333)
+        predictions, label_file = f"{tmp_path / 'd.parquet'}:logits", f"{tmp_path / 'd.parquet'}:labels"
+    evaluate(sparse, predictions=predictions, labels=label_file, out=tmp_path / "l.npy", batch_size=256, provider="cpu")
+    np.testing.assert_allclose(np.load(tmp_path / "l.npy"), expected_losses(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_multi_label_per_class_counts_positive_targets(tmp_path):
+    spec = FocalSpec(variant="sigmoid", alpha=0.25)
+    exported(tmp_path / "sigmoid", spec, validate=False)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(300, 4)).astype(np.float32)
+    targets = (rng.uniform(size=(300, 4)) < 0.3).astype(np.float32)
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", targets)
+    summary = evaluate(tmp_path / "sigmoid", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
+    per_sample = reference.sigmoid_focal(targets, logits, gamma=2.0, alpha=0.25).sum(axis=1)
+    assert summary["per_class_by"] == "positive targets"
+    for entry in summary["per_class"]:
+        members = targets[:, entry["class"]] == 1
+        assert entry["count"] == members.sum()
+        assert entry["mean_loss"] == pytest.approx(per_sample[members].mean(), rel=1e-5)
+
+
+def bad(root, tmp_path, logits, labels, case):
+    """Write the inputs of one bad-data case; returns (predictions, labels, expected message)."""
+    x, y = root / "logits.npy", root / "labels.npy"
+    if case == "row-count":
+        np.save(tmp_path / "y.npy", labels[:999])
+        return x, tmp_path / "y.npy", "--labels: 999 rows; --predictions has 1000"
+    if case == "float-labels":
+        np.save(tmp_path / "y.npy", labels.astype(np.float32))
+        return x, tmp_path / "y.npy", "--labels: dtype float32; expected integer class indices"
+    if case == "integer-predictions":
+        np.save(tmp_path / "x.npy", logits.astype(np.int32))
+        return tmp_path / "x.npy", y, "--predictions: dtype int32"
+    if case == "nan":
+        broken = logits.copy()
+        broken[612, 3] = np.nan
+        np.save(tmp_path / "x.npy", broken)
+        return tmp_path / "x.npy", y, "--predictions: row 612 contains NaN"
+    if case == "label-out-of-range":
+        broken = labels.copy()
+        broken[455] = C
+        np.save(tmp_path / "y.npy", broken)
+        return x, tmp_path / "y.npy", f"--labels: row 455 has label {C}; expected a class in [0, {C}) or ignore_index=-1"
+    if case == "truncated":
+        (tmp_path / "x.npy").write_bytes(x.read_bytes()[:-100])
+        return tmp_path / "x.npy", y, "is truncated"
+    if case == "corrupt-parquet":
+        (tmp_path / "x.parquet").write_bytes(b"PAR1 this is not parquet")
+        return tmp_path / "x.parquet", y, "is not a readable Parquet file"
+    if case == "corrupt-npz":
+        (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 truncated zip")
+        return tmp_path / "x.npz", y, "is not a readable .npz file"
+    raise AssertionError(case)
+
+
+BAD_CASES = ["row-count", "float-labels", "integer-predictions", "nan", "label-out-of-range", "truncated",
+             "corrupt-parquet", "corrupt-npz"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_data_is_one_line_exit_2_and_leaves_no_output(sparse, data, tmp_path, case):
+    root, logits, labels = data
+    predictions, label_file, message = bad(root, tmp_path, logits, labels, case)
+    out, summary = tmp_path / "out" / "losses.npy", tmp_path / "out" / "summary.json"
+    out.parent.mkdir()
+    result = run_cli("eval", sparse, "--predictions", predictions, "--labels", label_file, "--out", out,
+                     "--summary", summary, "--batch-size", "100", "--provider", "cpu")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_eval_never_imports_tensorflow(sparse, data, tmp_path):
+    root, _, _ = data
+    report = "import atexit\natexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))"
+    result = run_cli("eval", sparse, "--predictions", root / "logits.npy", "--labels", root / "labels.npy",
+                     "--provider", "cpu", python_prelude="import sys\n" + report)
+    assert result.returncode == 0, result.stderr
+    assert "tensorflow imported: False" in result.stdout
+    blocked = run_cli("eval", sparse, "--predictions", root / "logits.npy", "--labels", root / "labels.npy",
+                      python_prelude=BLOCK_TENSORFLOW)
+    assert blocked.returncode == 0, blocked.stderr
+
+
+def test_one_session_serves_many_threads(sparse):
+    session = LossSession(sparse, provider="cpu")
+    rng = np.random.default_rng(3)
+    batches = [((rng.normal(size=(257, C)) * 3).astype(np.float32), rng.integers(0, C, 257)) for _ in range(16)]
+    sequential = [session(labels, logits) for logits, labels in batches]
+    start = threading.Barrier(8)
+
+    def work(i):
+        start.wait() if i < 8 else None
+        logits, labels = batches[i]
+        return session(labels, logits)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent_results = list(pool.map(work, range(16)))
+    for got, want in zip(concurrent_results, sequential):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batch_loss_pickles_and_maps_in_other_processes(sparse, data):
+    _, logits, labels = data
+    evaluator = BatchLoss(sparse, provider="cpu")
+    clone = pickle.loads(pickle.dumps(evaluator))
+    batches = [(labels[i:i + 250], logits[i:i + 250]) for i in range(0, 1000, 250)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        results = list(pool.map(clone, *zip(*batches)))
+    np.testing.assert_allclose(np.concatenate(results), expected_losses(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_bare_onnx_file_reads_its_spec_from_the_metadata(sparse, data):
+    _, logits, labels = data
+    session = LossSession(sparse / "model.onnx", provider="cpu")
+    assert session.spec == FocalSpec(variant="sparse_softmax", ignore_index=-1, alpha=0.5)
+    np.testing.assert_allclose(session(labels, logits), expected_losses(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_damaged_artifact_is_refused(sparse, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sparse, copy)
+    (copy / "spec.json").write_text("{}")
+    with pytest.raises(Exception, match="spec.json"):
+        LossSession(copy)
+    with pytest.raises(UsageError, match="no such artifact"):
+        LossSession(tmp_path / "missing")
