@@ -153,6 +153,23 @@ def eval_command(artifact, **options):
     click.echo(format_summary(summary))
 
 
+@cli.command("attach")
+@_VERBOSE
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="The model's ONNX file.")
+@click.option("--output", required=True, help="The model output the loss takes as its predictions.")
+@click.option("--loss", required=True, type=click.Path(), help="A loss artifact directory (or its model.onnx).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def attach_command(**options):
+    """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""
+    from export.attach import attach
+
+    combined = attach(**options)
+    inputs = ", ".join(i.name for i in combined.graph.input)
+    outputs = ", ".join(o.name for o in combined.graph.output)
+    click.echo(f"wrote {options['out']}: inputs {inputs}; outputs {outputs}")
+
+
 @cli.command("bench")
 @_VERBOSE
 @click.argument("artifacts", nargs=-1, type=click.Path())

@@ -1,0 +1,211 @@
+"""``attach``: a loss artifact's ONNX graph joined to a model's ONNX graph at one of its outputs.
+
+onnx and onnxruntime only. The combined model keeps every input and output of the model, takes
+the loss's label input (``labels`` or ``targets``, prefixed if the model already has an input of
+that name) and adds the loss's outputs, prefixed (``focal_loss``, ``focal_per_sample``,
+``focal_sum``, ``focal_mean``). The loss's batch (and other) dimensions are renamed to the
+model's, so the N of the labels is the N of the model's output. It is checked with the full
+checker and a real ONNX Runtime session before it is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import compose, version_converter
+
+from export import artifact
+from export.cases import dimension_names
+from export.errors import ArtifactError, ConversionError, UsageError
+from focal_graph.spec import FocalSpec
+
+PREFIX = "focal_"
+MIN_OPSET = 13  # the lowest opset a loss is exported at
+
+
+def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool = False) -> onnx.ModelProto:
+    """Join the loss at ``loss`` (an artifact directory or its ``model.onnx``) to ``model``'s
+    output ``output``; write the result to ``out`` and return it. Raises `UsageError` on a bad
+    argument (an output that does not exist, a class count or rank or dtype that does not match,
+    a model opset below 13), `ConversionError` when the graphs cannot be reconciled."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UsageError(f"--out: {out} already exists; pass --force to replace it")
+    if out.is_dir():
+        raise UsageError(f"--out: {out} is a directory; name a .onnx file")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: directory {out.parent} does not exist")
+    network = _load("--model", model)
+    spec, loss_model = _load_loss(loss)
+    outputs = {value.name: value for value in network.graph.output}
+    if output not in outputs:
+        raise UsageError(f"--output: {output!r} is not an output of {model} (outputs: {', '.join(outputs)})")
+    _check_compatible(spec, outputs[output], loss_model, output)
+
+    opset = _default_opset(network)
+    if opset < MIN_OPSET:
+        raise UsageError(f"--model: opset {opset}; the loss needs opset {MIN_OPSET} or higher "
+                         "(convert the model with onnx.version_converter, or export it at a higher opset)")
+    loss_model = _at_opset(loss_model, opset)
+    ir_version = max(network.ir_version, loss_model.ir_version)
+    network_copy = onnx.ModelProto()
+    network_copy.CopyFrom(network)
+    network_copy.ir_version = loss_model.ir_version = ir_version
+    _align_other_domains(network_copy, loss_model)
+
+    true_name, prediction_name = spec.input_names
+    loss_outputs = [prefix + value.name for value in loss_model.graph.output]
+    try:
+        combined = compose.merge_models(
+            network_copy, loss_model, io_map=[(output, prediction_name)], prefix2=prefix,  # names before prefixing
+            outputs=[value.name for value in network.graph.output] + loss_outputs,
+        )
+    except Exception as error:  # onnx raises ValueError and others for graphs it cannot join
+        raise ConversionError(f"onnx.compose could not join the graphs: {error}") from error
+    imports = {entry.domain or "": entry.version for entry in combined.opset_import}  # merge_models repeats them
+    del combined.opset_import[:]
+    combined.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in imports.items())
+    label_input = true_name if true_name not in {i.name for i in network.graph.input} else prefix + true_name
+    _rename(combined.graph, prefix + true_name, label_input)
+    _tie_dimensions(combined.graph, spec, outputs[output], [label_input] + loss_outputs)
+    combined.doc_string = f"{network.doc_string or 'model'} + focalgraph {spec.name} on output {output!r}"
+    _check(combined)
+    _write(combined, out)
+    return combined
+
+
+def _load(flag: str, path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except FileNotFoundError:
+        raise UsageError(f"{flag}: {path}: no such file") from None
+    except Exception as error:  # DecodeError from protobuf, OSError
+        raise UsageError(f"{flag}: {path} is not a readable ONNX model ({type(error).__name__}: {error})") from None
+
+
+def _load_loss(path) -> tuple[FocalSpec, onnx.ModelProto]:
+    path = Path(path)
+    if path.is_dir():
+        artifact.verify(path)
+        if not (path / artifact.ONNX).is_file():
+            raise ArtifactError(f"{path / artifact.ONNX}: missing; this artifact was exported without ONNX")
+        return FocalSpec.from_json((path / artifact.SPEC).read_text()), _load("--loss", path / artifact.ONNX)
+    model = _load("--loss", path)
+    text = {p.key: p.value for p in model.metadata_props}.get("focalgraph.spec")
+    if text is None:
+        raise UsageError(f"--loss: {path} is not a focalgraph loss (no focalgraph.spec in its metadata)")
+    return FocalSpec.from_json(text), model
+
+
+def _dims(value) -> list:
+    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto, name: str) -> None:
+    prediction = next(i for i in loss_model.graph.input if i.name == spec.input_names[1])
+    want_type, got_type = prediction.type.tensor_type.elem_type, model_output.type.tensor_type.elem_type
+    if want_type != got_type:
+        want, got = (onnx.TensorProto.DataType.Name(t).lower() for t in (want_type, got_type))
+        raise UsageError(f"--loss: it takes {want} {spec.input_names[1]}; output {name!r} is {got}")
+    if not model_output.type.tensor_type.HasField("shape"):
+        return  # rank unknown: the session run will tell
+    dims = _dims(model_output)
+    if len(dims) != spec.rank:
+        raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {len(dims)}")
+    classes = dims[-1]
+    if spec.num_classes is not None and isinstance(classes, int) and classes != spec.num_classes:
+        raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
+
+
+def _at_opset(loss_model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    if _default_opset(loss_model) == opset:
+        return loss_model
+    try:
+        converted = version_converter.convert_version(loss_model, opset)
+        onnx.checker.check_model(converted)
+    except Exception as error:
+        raise ConversionError(f"--loss: cannot convert the loss from opset {_default_opset(loss_model)} to the model's "
+                              f"opset {opset} ({error}); export the loss with --opset {opset}") from error
+    return converted
+
+
+def _align_other_domains(network: onnx.ModelProto, loss_model: onnx.ModelProto) -> None:
+    """The loss uses only the default domain: its other imports (tf2onnx adds ai.onnx.ml) are
+    dropped, so merge_models does not see two versions of one domain."""
+    used = {node.domain for node in loss_model.graph.node}
+    keep = [entry for entry in loss_model.opset_import if entry.domain in ("", "ai.onnx") or entry.domain in used]
+    del loss_model.opset_import[:]
+    loss_model.opset_import.extend(keep)
+
+
+def _rename(graph, old: str, new: str) -> None:
+    if old == new:
+        return
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _tie_dimensions(graph, spec: FocalSpec, model_output, names) -> None:
+    """The loss's named dimensions (N, T, H, W, ..., C) become the model output's, in the label
+    input and the loss outputs."""
+    model_dims = _dims(model_output) if model_output.type.tensor_type.HasField("shape") else []
+    mapping = {name: dim for name, dim in zip(dimension_names(spec), model_dims) if dim is not None}
+    for value in list(graph.input) + list(graph.output):
+        if value.name not in names:
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                target = mapping[dim.dim_param]
+                if isinstance(target, int):
+                    dim.dim_value = target  # clears dim_param
+                else:
+                    dim.dim_param = target
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:
+        raise ConversionError(f"onnx.checker rejected the combined model: {str(error).strip().splitlines()[0]}") from error
+    from export.runtime import open_session
+
+    try:
+        session = open_session(model.SerializeToString(), "cpu").session
+        session.run(None, {i.name: _sample(i) for i in session.get_inputs()})
+    except Exception as error:
+        raise ConversionError(f"ONNX Runtime cannot run the combined model: {type(error).__name__}: {error}") from error
+
+
+def _sample(value) -> np.ndarray:
+    """A small input for a session input: symbolic dimensions 2, zeros (a valid label too)."""
+    shape = [d if isinstance(d, int) else 2 for d in value.shape]
+    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}.get(value.type, np.float32)
+    return np.zeros(shape, dtype)
+
+
+def _write(model: onnx.ModelProto, out: Path) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(model.SerializeToString())
+        os.replace(temporary, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
