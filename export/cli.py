@@ -170,6 +170,21 @@ def attach_command(**options):
     click.echo(f"wrote {options['out']}: inputs {inputs}; outputs {outputs}")
 
 
+@cli.command("embed")
+@_VERBOSE
+@click.option("--savedmodel", required=True, type=click.Path(file_okay=False), help="The model's SavedModel directory.")
+@click.option("--output", required=True, help="The output of its serving_default signature the loss takes.")
+@click.option("--loss", required=True, type=click.Path(file_okay=False), help="A loss artifact directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The SavedModel directory to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (one embed wrote, or an empty directory).")
+def embed_command(**options):
+    """One SavedModel: the model's inputs plus labels in, its outputs plus the per-sample loss out."""
+    from export.embed import LOSS_OUTPUT, embed
+
+    out = embed(**options)
+    click.echo(f"wrote {out}: serving_default returns the model's outputs and {LOSS_OUTPUT}")
+
+
 @cli.command("bench")
 @_VERBOSE
 @click.argument("artifacts", nargs=-1, type=click.Path())

@@ -1,0 +1,101 @@
+"""``embed``: one SavedModel that runs a model and its loss: the model's inputs plus labels in,
+the model's outputs plus the per-sample loss out (``serving_default``)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from export import artifact
+from export.errors import ArtifactError, UsageError
+from export.quiet import import_tensorflow, silenced_stderr
+from focal_graph.spec import FocalSpec
+
+LOSS_OUTPUT = "per_sample_loss"
+tf = import_tensorflow()  # this module is TensorFlow's side; the command line imports it only for embed
+
+
+def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature: str = "serving_default") -> Path:
+    """Write to ``out`` a SavedModel whose ``serving_default`` takes the inputs of
+    ``savedmodel``'s ``signature`` plus the loss's labels (``labels`` or ``targets``), and returns
+    that signature's outputs plus ``per_sample_loss``: the loss at ``loss`` (an artifact
+    directory) applied to the output ``output``. All or nothing, like ``export``."""
+    spec = _loss_spec(loss)
+    try:
+        with silenced_stderr():
+            loaded = tf.saved_model.load(str(savedmodel))
+    except Exception as error:  # OSError, or TF's own errors for a directory that is not a SavedModel
+        raise UsageError(f"--savedmodel: {savedmodel} is not a readable SavedModel ({type(error).__name__})") from None
+    if signature not in loaded.signatures:
+        raise UsageError(f"--savedmodel: {savedmodel} has no signature {signature!r} (it has: {', '.join(loaded.signatures)})")
+    model_function = loaded.signatures[signature]
+    inputs = dict(model_function.structured_input_signature[1])
+    outputs = dict(model_function.structured_outputs)
+    if output not in outputs:
+        raise UsageError(f"--output: {output!r} is not an output of {savedmodel} (outputs: {', '.join(outputs)})")
+    _check_compatible(spec, outputs[output], output)
+    true_name = spec.input_names[0]
+    if true_name in inputs:
+        raise UsageError(f"--savedmodel: the model already has an input named {true_name!r}")
+    if LOSS_OUTPUT in outputs:
+        raise UsageError(f"--savedmodel: the model already has an output named {LOSS_OUTPUT!r}")
+
+    from focal_graph.graph import SpecLoss, input_signature
+
+    module = _Embedded(loaded, signature, SpecLoss(spec), output, true_name)
+    label_spec = input_signature(spec)[0]
+    specs = {name: tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in inputs.items()}
+    specs[true_name] = tf.TensorSpec(label_spec.shape, label_spec.dtype, name=true_name)
+    concrete = tf.function(module.__call__, autograph=False).get_concrete_function(**specs)
+    with artifact.staged(Path(out), force) as stage:
+        with silenced_stderr():
+            tf.saved_model.save(module, str(stage), signatures={"serving_default": concrete})
+        # verifiable like an artifact, and replaceable with --force
+        artifact.write_manifest(stage, spec.name, {"embedded": {"savedmodel": str(savedmodel), "output": output}})
+    return Path(out)
+
+
+def embed_keras(model, *, loss, out, output: str | None = None, force: bool = False) -> Path:
+    """The same for an in-memory Keras model: it is exported (``model.export``) to a temporary
+    SavedModel first. ``output`` defaults to its only output (``output_0``)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        with silenced_stderr():
+            model.export(str(Path(scratch) / "model"), format="tf_saved_model", verbose=False)
+        return embed(savedmodel=Path(scratch) / "model", output=output or "output_0", loss=loss, out=out, force=force)
+
+
+class _Embedded(tf.Module):
+    """The model's signature, then the loss on one of its outputs. Holding the loaded SavedModel
+    as an attribute makes tf.saved_model.save keep its variables."""
+
+    def __init__(self, loaded, signature: str, loss, output: str, true_name: str):
+        super().__init__()
+        self.model = loaded
+        self._signature, self._loss, self._output, self._true_name = signature, loss, output, true_name
+
+    def __call__(self, **inputs):
+        labels = inputs.pop(self._true_name)
+        outputs = self.model.signatures[self._signature](**inputs)
+        return {**outputs, LOSS_OUTPUT: self._loss.forms(labels, outputs[self._output])["per_sample"]}
+
+
+def _loss_spec(path) -> FocalSpec:
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"--loss: {path} is not an artifact directory")
+    artifact.verify(path)
+    try:
+        return FocalSpec.from_json((path / artifact.SPEC).read_text())
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{path / artifact.SPEC}: not a readable FocalSpec ({error})") from None
+
+
+def _check_compatible(spec: FocalSpec, output_spec, name: str) -> None:
+    if output_spec.dtype.name != spec.dtype:
+        raise UsageError(f"--loss: it takes {spec.dtype} {spec.input_names[1]}; output {name!r} is {output_spec.dtype.name}")
+    rank = output_spec.shape.rank
+    if rank is not None and rank != spec.rank:
+        raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {rank}")
+    classes = output_spec.shape[-1] if rank else None
+    if spec.num_classes is not None and classes is not None and classes != spec.num_classes:
+        raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
