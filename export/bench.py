@@ -12,6 +12,9 @@ Per artifact and size N x C (float32):
   over the classes; for losses that are element-wise over the classes (sigmoid ones), one
   element-wise op that reads both inputs and writes one output (a multiply).
 
+Also per artifact: the ONNX node count and op histogram and the export time; and the cold
+start-up of ``focalgraph --help`` and of ``focalgraph eval``.
+
 No test asserts a time: these machines are shared, and only ratios measured side by side mean
 anything. Ratios: ``ours / floor`` per backend, ``keras / ours`` and ``tensorflow / onnxruntime``.
 """
@@ -211,22 +214,31 @@ def _export_seconds(spec: FocalSpec) -> float:
 
 
 def startup_times(repeats: int = 3) -> dict:
-    """Cold-process wall times (median of ``repeats``) of ``focalgraph --help`` and of the
-    TensorFlow-free command, ``validate --reference-only`` on the first default artifact."""
-    commands = {"focalgraph --help": ["--help"]}
-    reference = Path(DEFAULT_ARTIFACTS[0])
-    if reference.is_dir():
-        commands["focalgraph validate --reference-only"] = ["validate", str(reference), "--reference-only", "--provider", "cpu"]
+    """Cold-process wall times (median of ``repeats``) of ``focalgraph --help``, and of the two
+    TensorFlow-free commands on the first default artifact: ``eval`` of a 4-row batch and
+    ``validate --reference-only``."""
     script = Path(sys.executable).parent / "focalgraph"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "export.cli"]
-    times = {}
-    for name, args in commands.items():
-        walls = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run([*command, *args], capture_output=True, check=True)
-            walls.append(time.perf_counter() - start)
-        times[name] = statistics.median(walls)
+    reference = Path(DEFAULT_ARTIFACTS[0])
+    with tempfile.TemporaryDirectory() as scratch:
+        commands = {"focalgraph --help": ["--help"]}
+        if reference.is_dir():
+            rng = np.random.default_rng(0)
+            np.save(Path(scratch) / "logits.npy", rng.normal(size=(4, 1000)).astype(np.float32))
+            np.save(Path(scratch) / "labels.npy", rng.integers(0, 1000, 4))
+            commands["focalgraph eval (4 rows)"] = [
+                "eval", str(reference), "--predictions", str(Path(scratch) / "logits.npy"),
+                "--labels", str(Path(scratch) / "labels.npy"), "--provider", "cpu"]
+            commands["focalgraph validate --reference-only"] = ["validate", str(reference), "--reference-only",
+                                                                "--provider", "cpu"]
+        times = {}
+        for name, args in commands.items():
+            walls = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                subprocess.run([*command, *args], capture_output=True, check=True)
+                walls.append(time.perf_counter() - start)
+            times[name] = statistics.median(walls)
     return times
 
 

@@ -244,7 +244,7 @@ class _Parquet(_Source):
 def open_source(text, flag: str, defaults) -> _Source:
     """``PATH`` or ``PATH:NAME`` as a source of rows (see the module docstring)."""
     text = str(text)
-    path, _, key = text.partition(":") if ":" in Path(text).name else (text, "", "")
+    path, _, key = text.rpartition(":") if ":" in Path(text).name else (text, "", "")
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{flag}: {path} is not a file")
