@@ -8,7 +8,12 @@ Importing the package is cheap and loads neither TensorFlow nor onnxruntime. The
   artifact's stored reference outputs (the latter without TensorFlow).
 - `export.inspection`: ``inspect(...)``, what an artifact holds.
 - `export.artifact`: the directory layout and its manifest; `export.cases`: validation inputs;
-  `export.compare`: element-wise verdicts; `export.runtime`: ONNX Runtime sessions.
+  `export.compare`: element-wise verdicts; `export.runtime`: ONNX Runtime sessions, and
+  ``LossSession`` / ``BatchLoss`` for evaluating a loss with ONNX Runtime alone.
+- `export.evaluation`: ``evaluate(...)``, per-sample losses of files (no TensorFlow);
+  `export.attach`: ``attach(...)``, a loss joined to a model's ONNX graph; `export.embed`:
+  ``embed(...)`` / ``embed_keras(...)``, a model and its loss in one SavedModel;
+  `export.bench`: ``bench(...)``, speed against Keras and a read-once floor.
 - `export.cli`: the ``focalgraph`` command line, a thin layer over the functions above, which
   take the command line's option names as keyword arguments.
 """
@@ -22,6 +27,9 @@ _EXPORTS = {
     "export_defaults": "export.exporter",
     "validate": "export.validation",
     "inspect": "export.inspection",
+    "evaluate": "export.evaluation",
+    "attach": "export.attach",
+    "bench": "export.bench",
 }
 
 __all__ = sorted(_EXPORTS)
