@@ -28,9 +28,8 @@ _EXPORTS = {
     "validate": "export.validation",
     "inspect": "export.inspection",
     "evaluate": "export.evaluation",
-    "attach": "export.attach",
-    "bench": "export.bench",
 }
+# attach and bench are not listed: their modules share their names (export.attach.attach).
 
 __all__ = sorted(_EXPORTS)
 
