@@ -171,7 +171,7 @@ def staged(out, force: bool) -> Iterator[Path]:
     except OSError as error:
         _remove_created(created)
         raise UsageError(f"--out: cannot create {out} ({error.strerror})") from None
-    stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is an ordinary directory
+    stage.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact is an ordinary directory
     old = None
     try:
         yield stage
@@ -208,7 +208,7 @@ def write_json_atomically(path, data: dict) -> None:
     try:
         with os.fdopen(descriptor, "w") as file:
             file.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -216,7 +216,7 @@ def write_json_atomically(path, data: dict) -> None:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -70,13 +70,26 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     imports = {entry.domain or "": entry.version for entry in combined.opset_import}  # merge_models repeats them
     del combined.opset_import[:]
     combined.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in imports.items())
-    label_input = true_name if true_name not in {i.name for i in network.graph.input} else prefix + true_name
+    label_input = true_name if true_name not in _names(network.graph) else prefix + true_name
     _rename(combined.graph, prefix + true_name, label_input)
     _tie_dimensions(combined.graph, spec, outputs[output], [label_input] + loss_outputs)
     combined.doc_string = f"{network.doc_string or 'model'} + focalgraph {spec.name} on output {output!r}"
+    # the loss's metadata describes the loss alone: a combined model is not a loss artifact
+    kept = [p for p in combined.metadata_props if not p.key.startswith("focalgraph.")]
+    del combined.metadata_props[:]
+    combined.metadata_props.extend(kept)
+    onnx.helper.set_model_props(combined, {**{p.key: p.value for p in kept}, "focalgraph.attached": spec.to_json()})
     _check(combined)
     _write(combined, out)
     return combined
+
+
+def _names(graph) -> set:
+    """Every tensor name of a graph: inputs, outputs, initializers and node outputs."""
+    names = {value.name for value in list(graph.input) + list(graph.output)}
+    names |= {tensor.name for tensor in graph.initializer}
+    names |= {name for node in graph.node for name in node.output}
+    return names
 
 
 def _load(flag: str, path) -> onnx.ModelProto:
@@ -108,7 +121,9 @@ def _dims(value) -> list:
 
 
 def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto, name: str) -> None:
-    prediction = next(i for i in loss_model.graph.input if i.name == spec.input_names[1])
+    prediction = next((i for i in loss_model.graph.input if i.name == spec.input_names[1]), None)
+    if prediction is None:
+        raise UsageError(f"--loss: its ONNX graph has no input {spec.input_names[1]!r}; not a focalgraph loss")
     want_type, got_type = prediction.type.tensor_type.elem_type, model_output.type.tensor_type.elem_type
     if want_type != got_type:
         want, got = (onnx.TensorProto.DataType.Name(t).lower() for t in (want_type, got_type))
@@ -121,6 +136,9 @@ def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto
     classes = dims[-1]
     if spec.num_classes is not None and isinstance(classes, int) and classes != spec.num_classes:
         raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
+    if spec.num_classes is not None and not isinstance(classes, int):
+        raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has a class dimension of unknown "
+                         "size; attach a loss with a dynamic class count (exported without --classes)")
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -133,9 +151,10 @@ def _at_opset(loss_model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(loss_model, opset)
         onnx.checker.check_model(converted)
-    except Exception as error:
-        raise ConversionError(f"--loss: cannot convert the loss from opset {_default_opset(loss_model)} to the model's "
-                              f"opset {opset} ({error}); export the loss with --opset {opset}") from error
+    except Exception as error:  # the version converter's adapters do not cover every op and step
+        reason = str(error).strip().splitlines()[0]
+        raise UsageError(f"--loss: exported at opset {_default_opset(loss_model)}, which cannot be converted to the "
+                         f"model's opset {opset} ({reason}); export the loss with --opset {opset}") from None
     return converted
 
 
@@ -191,12 +210,21 @@ def _check(model: onnx.ModelProto) -> None:
         raise ConversionError(f"ONNX Runtime cannot run the combined model: {type(error).__name__}: {error}") from error
 
 
+_NUMPY_TYPES = {
+    "float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_,
+    **{name: getattr(np, name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")},
+}
+
+
 def _sample(value) -> np.ndarray:
     """A small input for a session input: symbolic dimensions 2, zeros (a valid label too)."""
     shape = [d if isinstance(d, int) else 2 for d in value.shape]
-    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}.get(value.type, np.float32)
-    return np.zeros(shape, dtype)
+    element = value.type[len("tensor("):-1]
+    if element == "string":
+        return np.full(shape, "", dtype=object)
+    if element not in _NUMPY_TYPES:
+        raise ConversionError(f"cannot make a sample input of type {value.type} for {value.name!r} to check the model")
+    return np.zeros(shape, _NUMPY_TYPES[element])
 
 
 def _write(model: onnx.ModelProto, out: Path) -> None:
@@ -204,6 +232,7 @@ def _write(model: onnx.ModelProto, out: Path) -> None:
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(model.SerializeToString())
+        os.chmod(temporary, 0o666 & ~artifact.current_umask())  # mkstemp's 0600 is for the temporary only
         os.replace(temporary, out)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -54,6 +54,8 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
 
     if repeats < 1 or warmup < 0:
         raise UsageError(f"--repeats: expected at least 1, got {repeats}")
+    if json_path is not None and Path(json_path).suffix != ".json":
+        raise UsageError(f"--json: {json_path}: name a .json file (the .md and .png are written beside it)")
     specs = {}
     for directory in artifacts:
         directory = Path(directory)

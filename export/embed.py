@@ -3,6 +3,7 @@ the model's outputs plus the per-sample loss out (``serving_default``)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,11 @@ def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature:
     that signature's outputs plus ``per_sample_loss``: the loss at ``loss`` (an artifact
     directory) applied to the output ``output``. All or nothing, like ``export``."""
     spec = _loss_spec(loss)
+    target = Path(os.path.abspath(out))
+    for flag, source in (("--loss", loss), ("--savedmodel", savedmodel)):
+        source = Path(os.path.abspath(source))
+        if target == source or target in source.parents or source in target.parents:
+            raise UsageError(f"--out: {out} overlaps {flag} {source}; write the combined SavedModel elsewhere")
     try:
         with silenced_stderr():
             loaded = tf.saved_model.load(str(savedmodel))

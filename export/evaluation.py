@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     for flag, path in (("--out", out), ("--summary", summary)):
         if path is not None:
             _check_output(flag, path)
+    _check_distinct({"--out": out, "--summary": summary, "--predictions": _file_part(predictions),
+                     "--labels": _file_part(labels)})
     session = LossSession(artifact_path, provider)
     spec = session.spec
     if spec is None:
@@ -59,6 +63,7 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
         rows = predicted.rows
         accumulator = _Accumulator(spec, predicted.row_shape, top_k)
         losses, temporary = (None, None) if out is None else _output_array(Path(out), rows, spec)
+        staged_summary = None
         try:
             bar = _progress_bar(rows, progress)
             start = 0
@@ -66,33 +71,69 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
                 prediction_batch = _checked_predictions(spec, prediction_batch, start)
                 label_batch = _checked_labels(spec, label_batch, start, predicted.row_shape[-1])
                 per_sample = session(label_batch, prediction_batch)
+                not_finite = ~np.isfinite(per_sample)
+                if not_finite.any():  # checked inputs should never get here; never write such a number
+                    raise UsageError(f"the loss is not finite at row {start + int(np.argmax(not_finite))}")
                 accumulator.add(start, per_sample, label_batch)
                 if losses is not None:
                     losses[start:start + len(per_sample)] = per_sample
                 start += len(per_sample)
                 bar.update(len(per_sample))
             bar.close()
+            result = {
+                "artifact": str(artifact_path),
+                "spec": spec.name,
+                "predictions": str(predictions),
+                "labels": str(labels),
+                "onnxruntime": session.describe(),
+                **accumulator.summary(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            if summary is not None:  # both files are complete before either is renamed into place
+                staged_summary = _staged_json(Path(summary), result)
             if losses is not None:
                 losses.flush()
                 del losses
                 os.replace(temporary, out)
+            if staged_summary is not None:
+                os.replace(staged_summary, summary)
         except BaseException:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+            for path in (temporary, staged_summary):
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
             raise
-    result = {
-        "artifact": str(artifact_path),
-        "spec": spec.name,
-        "predictions": str(predictions),
-        "labels": str(labels),
-        "onnxruntime": session.describe(),
-        **accumulator.summary(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if summary is not None:
-        artifact.write_json_atomically(summary, result)
     return result
+
+
+def _file_part(text) -> str:
+    """The file of ``PATH`` or ``PATH:NAME``."""
+    text = str(text)
+    if Path(text).is_file() or ":" not in Path(text).name:
+        return text
+    return text.rpartition(":")[0]
+
+
+def _check_distinct(paths: dict) -> None:
+    """No two of the files given may be the same file: an output over an input, or the losses
+    over the summary, would silently destroy data."""
+    seen = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen and not (flag in ("--predictions", "--labels") and seen[key] in ("--predictions", "--labels")):
+            raise UsageError(f"{flag}: {path} is also {seen[key]}; write outputs to files of their own")
+        seen.setdefault(key, flag)
+
+
+def _staged_json(path: Path, data: dict) -> str:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(data, file, indent=2, allow_nan=False)
+        file.write("\n")
+    os.chmod(temporary, 0o666 & ~artifact.current_umask())
+    return temporary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,13 +202,15 @@ class _Npz(_Source):
         self.flag, self.path = flag, path
         try:
             self.archive = np.load(path, allow_pickle=False)
-            names = list(self.archive.files)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise UsageError(f"{flag}: {path} is not a readable .npz file ({error})") from None
+        if not isinstance(self.archive, np.lib.npyio.NpzFile):
+            raise UsageError(f"{flag}: {path} is not an .npz archive (it holds one array: name it .npy)")
+        names = list(self.archive.files)
         name = _pick(flag, path, key, defaults, names, "array")
         try:
             self.array = self.archive[name]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise UsageError(f"{flag}: {path}:{name} cannot be read ({type(error).__name__}: {error})") from None
         if self.array.dtype.hasobject or self.array.ndim == 0:
             raise UsageError(f"{flag}: {path}:{name} holds {self.array.dtype} of shape {self.array.shape}")
@@ -190,7 +233,7 @@ class _Parquet(_Source):
             raise UsageError(f"{flag}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         self.flag, self.path, self.pa = flag, path, pa
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = pq.ParquetFile(path, page_checksum_verification=True)
         except Exception as error:  # pyarrow.ArrowInvalid and friends
             raise UsageError(f"{flag}: {path} is not a readable Parquet file ({error})") from None
         schema = self.file.schema_arrow
@@ -203,7 +246,11 @@ class _Parquet(_Source):
                 width = kind.list_size
             else:  # a list column: every row must have the same length, read from the first row
                 first = next(self.file.iter_batches(batch_size=1, columns=[self.column]), None)
-                width = 0 if first is None else len(first.column(0)[0])
+                if first is None:
+                    raise UsageError(f"{flag}: {path}:{self.column} has no rows, so no class count to read")
+                if not first.column(0)[0].is_valid:
+                    raise UsageError(f"{flag}: {path}:{self.column} has a null in row 0")
+                width = len(first.column(0)[0])
             self.row_shape = (width,)
         else:
             value_type, self.row_shape = kind, ()
@@ -244,7 +291,7 @@ class _Parquet(_Source):
 def open_source(text, flag: str, defaults) -> _Source:
     """``PATH`` or ``PATH:NAME`` as a source of rows (see the module docstring)."""
     text = str(text)
-    path, _, key = text.rpartition(":") if ":" in Path(text).name else (text, "", "")
+    path, _, key = text.rpartition(":") if ":" in Path(text).name and not Path(text).is_file() else (text, "", "")
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{flag}: {path} is not a file")
@@ -336,10 +383,19 @@ def _check_shapes(spec: FocalSpec, predicted: _Source, truth: _Source) -> None:
 
 
 def _checked_predictions(spec: FocalSpec, batch: np.ndarray, start: int) -> np.ndarray:
-    batch = np.ascontiguousarray(batch, dtype=spec.dtype)
-    bad = np.isnan(batch).reshape(len(batch), -1).any(axis=1)
+    with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: caught below
+        batch = np.ascontiguousarray(batch, dtype=spec.dtype)
+    flat = batch.reshape(len(batch), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
-        raise UsageError(f"--predictions: row {start + int(np.argmax(bad))} contains NaN")
+        row = int(np.argmax(bad))
+        what = "NaN" if np.isnan(flat[row]).any() else f"an infinite value (or one beyond {spec.dtype})"
+        raise UsageError(f"--predictions: row {start + row} contains {what}")
+    if not spec.from_logits:
+        bad = ~((flat >= 0) & (flat <= 1)).all(axis=1)
+        if bad.any():
+            raise UsageError(f"--predictions: row {start + int(np.argmax(bad))} has a probability outside [0, 1] "
+                             "(this loss takes probabilities, not logits)")
     return batch
 
 
@@ -365,6 +421,7 @@ def _checked_labels(spec: FocalSpec, batch: np.ndarray, start: int, classes: int
 def _output_array(out: Path, rows: int, spec: FocalSpec):
     descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial.npy", dir=out.parent)
     os.close(descriptor)
+    os.chmod(temporary, 0o666 & ~artifact.current_umask())  # mkstemp's 0600 is for the temporary, not the result
     array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.dtype(spec.dtype), shape=(rows,))
     return array, temporary
 
@@ -386,6 +443,9 @@ class _Accumulator:
         self.spec, self.top_k = spec, top_k
         self.classes = row_shape[-1]
         self.per_class = len(row_shape) == 1  # (N, C): one class (or class set) per sample
+        # positions of the unreduced loss per sample: (..., C) for sigmoid, (...) for the others
+        loss_shape = row_shape if spec.kind == ("variant", "sigmoid") else row_shape[:-1]
+        self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
         self.count, self.total, self.ignored = 0, 0.0, 0
         self.class_sum = np.zeros(self.classes, np.float64)
         self.class_count = np.zeros(self.classes, np.int64)
@@ -396,19 +456,23 @@ class _Accumulator:
         losses = losses.astype(np.float64)
         self.count += len(losses)
         self.total += float(losses.sum())
+        ignored = None
+        if self.spec.sparse and self.spec.ignore_index is not None:
+            ignored = labels == self.spec.ignore_index
+            self.ignored += int(ignored.sum())
         if self.per_class:
             if self.spec.sparse:
-                counted = labels != self.spec.ignore_index if self.spec.ignore_index is not None else np.ones(len(labels), bool)
-                self.ignored += int((~counted).sum())
+                counted = ~ignored if ignored is not None else np.ones(len(labels), bool)
                 self.class_sum += np.bincount(labels[counted], weights=losses[counted], minlength=self.classes)
                 self.class_count += np.bincount(labels[counted], minlength=self.classes)
             elif self.spec.multi_label:  # every class the sample is positive for (target >= 0.5)
                 positive = labels >= 0.5
                 self.class_sum += positive.T.astype(np.float64) @ losses
                 self.class_count += positive.sum(axis=0)
-            else:  # soft or one-hot targets: the most likely class
-                label = np.argmax(labels, axis=1)
-                self.class_sum += np.bincount(label, weights=losses, minlength=self.classes)
+            else:  # soft or one-hot targets: the most likely class (rows of all-zero targets have none)
+                has_class = labels.max(axis=1) > 0
+                label = np.argmax(labels, axis=1)[has_class]
+                self.class_sum += np.bincount(label, weights=losses[has_class], minlength=self.classes)
                 self.class_count += np.bincount(label, minlength=self.classes)
         if self.top_k:
             candidates = np.concatenate([self.hard_losses, losses])
@@ -423,24 +487,28 @@ class _Accumulator:
                 {"class": c, "count": int(n), "mean_loss": float(s / n) if n else None}
                 for c, (s, n) in enumerate(zip(self.class_sum, self.class_count))
             ]
+        positions = self.count * self.positions_per_row - self.ignored
         result = {
             "count": self.count,
             "sum": self.total,
-            "mean": self.total / self.count if self.count else 0.0,
+            "mean": self.total / self.count if self.count else None,
+            # the artifact's own `mean`: over the loss's positions, ignore_index ones left out
+            "mean_per_position": self.total / positions if positions else None,
             "per_class": per_class,
             "per_class_by": None if per_class is None else (
                 "label" if self.spec.sparse else "positive targets" if self.spec.multi_label else "argmax of the targets"),
             "hardest": [{"row": int(r), "loss": float(v)} for r, v in zip(self.hard_rows, self.hard_losses)],
         }
         if self.spec.sparse and self.spec.ignore_index is not None:
-            result["ignored_rows"] = self.ignored
+            result["ignored_positions"] = self.ignored
         return result
 
 
 def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['artifact']}  {summary['spec']}  ({summary['onnxruntime']['provider']})",
-        f"  samples {summary['count']}, sum {summary['sum']:.6g}, mean {summary['mean']:.6g}",
+        f"  samples {summary['count']}, sum {summary['sum']:.6g}, mean per sample {_number(summary['mean'])}, "
+        f"mean per position {_number(summary['mean_per_position'])}",
     ]
     if summary["per_class"]:
         shown = [c for c in summary["per_class"] if c["count"]][:20]
@@ -450,3 +518,7 @@ def format_summary(summary: dict) -> str:
     if summary["hardest"]:
         lines.append("  hardest rows: " + ", ".join(f"{h['row']} ({h['loss']:.4g})" for h in summary["hardest"]))
     return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.6g}"

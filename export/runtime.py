@@ -139,7 +139,12 @@ class LossSession:
         path = Path(path)
         if path.is_dir():
             artifact.verify(path)
-            self.spec = FocalSpec.from_json((path / artifact.SPEC).read_text())
+            if not (path / artifact.SPEC).is_file():
+                raise ArtifactError(f"{path}: not a loss artifact (no {artifact.SPEC})")
+            try:
+                self.spec = FocalSpec.from_json((path / artifact.SPEC).read_text())
+            except ValueError as error:
+                raise ArtifactError(f"{path / artifact.SPEC}: not a readable FocalSpec ({error})") from None
             model = path / artifact.ONNX
             if not model.is_file():
                 raise ArtifactError(f"{model}: missing; this artifact was exported without ONNX")
@@ -149,7 +154,12 @@ class LossSession:
         else:
             raise UsageError(f"{path}: no such artifact directory or .onnx file")
         self.path = path
-        self.runtime = open_session(str(model), provider)
+        try:
+            self.runtime = open_session(str(model), provider)
+        except ProviderError:
+            raise
+        except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...
+            raise UsageError(f"{model}: ONNX Runtime cannot load it ({type(error).__name__})") from None
         if self.spec is None:  # a bare model.onnx carries its spec in the metadata
             text = self.runtime.session.get_modelmeta().custom_metadata_map.get("focalgraph.spec")
             self.spec = FocalSpec.from_json(text) if text else None
@@ -166,11 +176,21 @@ class LossSession:
         return self.runtime.describe()
 
     def forms(self, y_true, predictions) -> dict:
-        return self.runtime.run(dict(zip(self.input_names, (y_true, predictions))))
+        return self.runtime.run(self._feed(y_true, predictions))
 
     def __call__(self, y_true, predictions) -> np.ndarray:
-        feed = dict(zip(self.input_names, (y_true, predictions)))
-        return self.runtime.session.run(["per_sample"], feed)[0]
+        return self.runtime.session.run(["per_sample"], self._feed(y_true, predictions))[0]
+
+    def _feed(self, y_true, predictions) -> dict:
+        """The two inputs, their shapes checked against each other: ONNX Runtime does not enforce
+        that the N of the labels is the N of the predictions."""
+        y_true, predictions = np.asarray(y_true), np.asarray(predictions)
+        sparse = self.input_names[0] == "labels"
+        expected = predictions.shape[:-1] if sparse else predictions.shape
+        if y_true.shape != expected:
+            raise UsageError(f"{self.input_names[0]}: shape {y_true.shape}; expected {expected} for "
+                             f"{self.input_names[1]} of shape {predictions.shape}")
+        return dict(zip(self.input_names, (y_true, predictions)))
 
 
 class BatchLoss:
@@ -179,7 +199,9 @@ class BatchLoss:
     distributed engine can ship it to workers and map it over batches unchanged."""
 
     def __init__(self, path, provider: str = "auto"):
-        self.path, self.provider = str(path), provider
+        import os
+
+        self.path, self.provider = os.path.abspath(path), provider  # workers may start elsewhere
         self._session = None
 
     def __call__(self, y_true, predictions) -> np.ndarray:

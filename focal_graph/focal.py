@@ -81,6 +81,7 @@ def sparse_softmax_focal_loss(
         loss = _where_exact(ignored, tf.zeros_like(loss), loss)  # 0 even where the logits are not finite
         counted = tf.logical_or(in_range, ignored)
     loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
+    loss = loss * _same_shape_guard(labels, logits, drop_classes=True)
     return tf.cast(loss, out_dtype)
 
 
@@ -247,11 +248,15 @@ def _where_exact(condition, x, y) -> tf.Tensor:
     return tf.where(tf.math.is_nan(marker), x, y)
 
 
-def _same_shape_guard(targets: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """1, or NaN when runtime shapes differ (they would otherwise broadcast to a wrong number)."""
+def _same_shape_guard(targets: tf.Tensor, y_pred: tf.Tensor, *, drop_classes: bool = False) -> tf.Tensor:
+    """1, or NaN when the runtime shape of ``targets`` differs from that of ``y_pred`` (without its
+    class axis, for labels): they would otherwise broadcast to a wrong number. For labels this
+    matters after export: TensorFlow's gather raises on a batch mismatch, ONNX Runtime's GatherND
+    broadcasts a batch of 1 silently."""
     if targets.shape.is_fully_defined() and y_pred.shape.is_fully_defined():
         return tf.constant(1.0, y_pred.dtype)
-    same = tf.reduce_all(tf.equal(tf.shape(targets), tf.shape(y_pred)))
+    expected = tf.shape(y_pred)[:-1] if drop_classes else tf.shape(y_pred)
+    same = tf.reduce_all(tf.equal(tf.shape(targets), expected))
     return tf.where(same, tf.constant(1.0, y_pred.dtype), tf.constant(np.nan, y_pred.dtype))
 
 

@@ -105,3 +105,20 @@ def test_loss_exported_at_another_opset_is_converted_to_the_models(pieces, tmp_p
     exported(tmp_path / "loss13", FocalSpec(variant="sparse_softmax"), opset=13, validate=False)
     combined = attach(model=mlp, output="logits", loss=tmp_path / "loss13", out=tmp_path / "c.onnx")
     assert {e.version for e in combined.opset_import if e.domain in ("", "ai.onnx")} == {17}
+
+
+def test_model_with_a_tensor_named_labels_gets_a_prefixed_label_input(pieces, tmp_path):
+    mlp, loss = pieces
+    model = onnx.load(str(mlp))
+    model.graph.node.append(onnx.helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=0))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, ["batch"]))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    combined = attach(model=tmp_path / "m.onnx", output="logits", loss=loss, out=tmp_path / "c.onnx")
+    assert "focal_labels" in [i.name for i in combined.graph.input]
+
+
+def test_combined_model_is_not_mistaken_for_a_loss(pieces, tmp_path):
+    mlp, loss = pieces
+    attach(model=mlp, output="logits", loss=loss, out=tmp_path / "c.onnx")
+    with pytest.raises(UsageError, match="not a focalgraph loss"):
+        attach(model=mlp, output="logits", loss=tmp_path / "c.onnx", out=tmp_path / "d.onnx")

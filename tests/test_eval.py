@@ -51,7 +51,7 @@ def test_losses_and_summary_match_the_formula(sparse, data, tmp_path):
     got = np.load(tmp_path / "losses.npy")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert load_json(tmp_path / "summary.json") == summary
-    assert summary["count"] == 1000 and summary["ignored_rows"] == int((labels == -1).sum())
+    assert summary["count"] == 1000 and summary["ignored_positions"] == int((labels == -1).sum())
     assert summary["sum"] == pytest.approx(want.sum(), rel=1e-5)
     assert summary["mean"] == pytest.approx(want.mean(), rel=1e-5)
     for entry in summary["per_class"]:
@@ -213,3 +213,87 @@ def test_damaged_artifact_is_refused(sparse, tmp_path):
         LossSession(copy)
     with pytest.raises(UsageError, match="no such artifact"):
         LossSession(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("case", ["inf", "beyond-float32"])
+def test_infinite_predictions_are_refused_naming_the_row(sparse, data, tmp_path, case):
+    root, logits, _ = data
+    broken = logits.astype(np.float64)
+    broken[7, 2] = np.inf if case == "inf" else 1e39  # 1e39 overflows float32
+    np.save(tmp_path / "x.npy", broken)
+    with pytest.raises(UsageError, match="--predictions: row 7 contains an infinite value"):
+        evaluate(sparse, predictions=tmp_path / "x.npy", labels=root / "labels.npy", provider="cpu")
+
+
+def test_probabilities_outside_0_1_are_refused(tmp_path):
+    exported(tmp_path / "probs", FocalSpec(variant="softmax", from_logits=False), validate=False)
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.normal(size=(20, 3)).astype(np.float32))  # logits, not probabilities
+    np.save(tmp_path / "y.npy", np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)])
+    with pytest.raises(UsageError, match="probability outside \\[0, 1\\]"):
+        evaluate(tmp_path / "probs", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
+
+
+@pytest.mark.parametrize("clash", ["out-is-summary", "out-is-predictions", "summary-is-labels"])
+def test_outputs_may_not_overwrite_each_other_or_the_inputs(sparse, data, tmp_path, clash):
+    root, _, _ = data
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    x.write_bytes((root / "logits.npy").read_bytes())
+    y.write_bytes((root / "labels.npy").read_bytes())
+    before = (x.read_bytes(), y.read_bytes())
+    out, summary = {"out-is-summary": (tmp_path / "same", tmp_path / "same"), "out-is-predictions": (x, None),
+                    "summary-is-labels": (None, y)}[clash]
+    with pytest.raises(UsageError, match="is also"):
+        evaluate(sparse, predictions=x, labels=y, out=out, summary=summary, provider="cpu")
+    assert (x.read_bytes(), y.read_bytes()) == before and not (tmp_path / "same").exists()
+
+
+def test_mean_per_position_is_the_artifacts_own_mean(sparse, data):
+    root, logits, labels = data
+    summary = evaluate(sparse, predictions=root / "logits.npy", labels=root / "labels.npy", provider="cpu")
+    assert summary["mean_per_position"] == pytest.approx(float(LossSession(sparse, "cpu").forms(labels, logits)["mean"]), rel=1e-5)
+
+
+def test_ignored_positions_are_counted_at_every_rank(tmp_path):
+    exported(tmp_path / "nhwc", FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255), validate=False)
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, (3, 2, 2))
+    labels[0] = 255
+    labels[1, 0, 0] = 255
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", labels)
+    summary = evaluate(tmp_path / "nhwc", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
+    assert summary["ignored_positions"] == 5 and summary["per_class"] is None
+    want = reference.sparse_softmax_focal(labels, logits, ignore_index=255)
+    assert summary["mean_per_position"] == pytest.approx(want.sum() / (12 - 5), rel=1e-5)
+
+
+def test_odd_files_are_one_line_errors(sparse, data, tmp_path):
+    root, logits, labels = data
+    (tmp_path / "a.npz").write_bytes((root / "logits.npy").read_bytes())  # an .npy under another name
+    with pytest.raises(UsageError, match="not an .npz archive"):
+        evaluate(sparse, predictions=tmp_path / "a.npz", labels=root / "labels.npy", provider="cpu")
+    column = pa.array([None] + [list(row) for row in logits[1:]], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"logits": column}), tmp_path / "n.parquet")
+    with pytest.raises(UsageError, match="null in row 0"):
+        evaluate(sparse, predictions=tmp_path / "n.parquet", labels=root / "labels.npy", provider="cpu")
+    colon = tmp_path / "run:1.npy"
+    colon.write_bytes((root / "logits.npy").read_bytes())
+    assert evaluate(sparse, predictions=colon, labels=root / "labels.npy", provider="cpu")["count"] == 1000
+
+
+def test_loss_session_refuses_labels_that_do_not_match_the_predictions(sparse, data):
+    _, logits, labels = data
+    with pytest.raises(UsageError, match="labels: shape \\(14,\\); expected \\(7,\\)"):
+        LossSession(sparse, "cpu")(labels[:14], logits[:7])
+
+
+def test_exported_sparse_loss_is_nan_not_a_broadcast_when_batches_differ(sparse, data):
+    """ONNX Runtime's GatherND broadcasts labels over a batch it divides; the graph's guard makes that NaN."""
+    import onnxruntime
+
+    _, logits, labels = data
+    session = onnxruntime.InferenceSession(str(sparse / "model.onnx"), providers=["CPUExecutionProvider"])
+    (loss,) = session.run(["loss"], {"labels": np.zeros(14, np.int64), "logits": logits[:7]})
+    assert np.isnan(loss).all()
