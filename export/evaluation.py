@@ -15,6 +15,7 @@ leaves no output.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime
 import json
@@ -140,7 +141,7 @@ def _staged_json(path: Path, data: dict) -> str:
 # Sources: .npy (memory-mapped windows), .npz (whole arrays), Parquet (row batches)
 
 
-class _Source:
+class _Source(abc.ABC):
     """Rows of one array: ``rows``, ``row_shape``, ``dtype``, and ``batches(size)``."""
 
     flag: str
@@ -149,8 +150,9 @@ class _Source:
     row_shape: tuple
     dtype: np.dtype
 
+    @abc.abstractmethod
     def batches(self, size: int):
-        raise NotImplementedError
+        """The rows in order, as arrays of at most ``size`` rows."""
 
     def __enter__(self):
         return self

@@ -9,8 +9,9 @@ rounding of 1 (6e-8 in float32), exactly as TensorFlow's own softmax cross-entro
 1 - p_t and the loss there (about (1 - p_t)**(gamma + 1)) are exact in absolute terms, to a few
 float32 epsilons (tests/test_extreme_logits.py), but not to the last relative digit. Recovering those digits needs a second pass over the classes.
 
-Only ops tf2onnx converts are used: no Log1p, Expm1 or Xlogy (see shared/TOOLCHAIN.md), and no
-`tf.reduce_logsumexp` (it converts to a ~33-node graph).
+Only ops tf2onnx converts are used: no Log1p, Expm1 or Xlogy (see shared/TOOLCHAIN.md). From
+logits, ``tf.nn.log_softmax`` is the one fused kernel in both backends (MLAS's LogSoftmax in ONNX
+Runtime); `tf.reduce_logsumexp` would convert to a ~33-node graph.
 """
 
 from __future__ import annotations
@@ -20,12 +21,6 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from focal_graph.reduction import reduce_classes
-
-def log_normalizer(logits: tf.Tensor) -> tf.Tensor:
-    """``log(sum_c exp(z_c))`` over the class axis, shape (...): the stable max-shifted form."""
-    shift = tf.stop_gradient(reduce_classes(tf.reduce_max, logits, keepdims=True))
-    total = reduce_classes(tf.reduce_sum, tf.exp(logits - shift))
-    return tf.reshape(shift, tf.shape(total)) + tf.math.log(total)
 
 
 def softmax_log_probs(y_pred: tf.Tensor, *, from_logits: bool, epsilon: float) -> tf.Tensor:
