@@ -6,27 +6,11 @@ once with unknown dimensions and run on several shapes.
 """
 
 import json
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from export.quiet import import_tensorflow
 
-
-def _import_tensorflow_quietly():
-    # TensorFlow's C++ start-up notices (oneDNN, CUDA drivers) go to fd 2 whatever the log level;
-    # stderr is restored before anything else runs, so real errors still show.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-_import_tensorflow_quietly()
+import_tensorflow()  # first, with TensorFlow's start-up notices hidden
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,6 +1,7 @@
 """An artifact directory: its layout, its manifest, and writing it atomically.
 
-Standard library only, so every host (with or without TensorFlow) can verify an artifact.
+Standard library and focalgraph's numpy-only spec, so every host (with or without TensorFlow)
+can verify and read an artifact.
 
     DIR/
       spec.json        the FocalSpec, exactly as FocalSpec.to_json() writes it
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from export.errors import ArtifactError, UsageError
+from focal_graph.spec import FocalSpec
 
 SPEC = "spec.json"
 SAVED_MODEL = "saved_model"
@@ -130,6 +132,29 @@ def verify(directory) -> dict:
     if extra:
         raise ArtifactError(f"{directory / extra[0]}: not listed in {MANIFEST} (added after export)")
     return manifest
+
+
+def read_spec(directory) -> FocalSpec:
+    """The artifact's ``spec.json``, or `ArtifactError` naming it."""
+    path = Path(directory) / SPEC
+    if not path.is_file():
+        raise ArtifactError(f"{Path(directory)}: not a loss artifact (no {SPEC})")
+    try:
+        return FocalSpec.from_json(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{path}: not a readable FocalSpec ({error})") from None
+
+
+def loss_artifact(directory, *, onnx: bool = False) -> FocalSpec:
+    """Verify a loss artifact against its manifest and return its spec; with ``onnx``, an
+    artifact exported without ``model.onnx`` is an `ArtifactError` too. The one way every command
+    opens an artifact."""
+    directory = Path(directory)
+    verify(directory)
+    spec = read_spec(directory)
+    if onnx and not (directory / ONNX).is_file():
+        raise ArtifactError(f"{directory / ONNX}: missing; this artifact was exported without ONNX")
+    return spec
 
 
 def check_destination(out, force: bool) -> Path:

@@ -21,7 +21,7 @@ from onnx import compose, version_converter
 
 from export import artifact
 from export.cases import dimension_names
-from export.errors import ArtifactError, ConversionError, UsageError
+from export.errors import ConversionError, UsageError
 from focal_graph.spec import FocalSpec
 
 PREFIX = "focal_"
@@ -104,10 +104,7 @@ def _load(flag: str, path) -> onnx.ModelProto:
 def _load_loss(path) -> tuple[FocalSpec, onnx.ModelProto]:
     path = Path(path)
     if path.is_dir():
-        artifact.verify(path)
-        if not (path / artifact.ONNX).is_file():
-            raise ArtifactError(f"{path / artifact.ONNX}: missing; this artifact was exported without ONNX")
-        return FocalSpec.from_json((path / artifact.SPEC).read_text()), _load("--loss", path / artifact.ONNX)
+        return artifact.loss_artifact(path, onnx=True), _load("--loss", path / artifact.ONNX)
     model = _load("--loss", path)
     text = {p.key: p.value for p in model.metadata_props}.get("focalgraph.spec")
     if text is None:

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from export import artifact
+from export.cases import probabilities
 from export.errors import UsageError
 from export.quiet import import_tensorflow, silenced_stderr
-from export.validation import read_spec
 from focal_graph.spec import FocalSpec
 
 DEFAULT_ARTIFACTS = ("artifacts/variant-sparse-softmax", "artifacts/variant-sigmoid")
@@ -59,8 +59,7 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
     specs = {}
     for directory in artifacts:
         directory = Path(directory)
-        artifact.verify(directory)
-        spec = read_spec(directory)
+        spec = artifact.loss_artifact(directory)
         if spec.dtype != "float32":
             raise UsageError(f"{directory}: bench compares float32 losses; this artifact is {spec.dtype}")
         if spec.rank != 2:
@@ -96,7 +95,7 @@ def _bench_size(directory: Path, spec: FocalSpec, session, size, *, repeats: int
     rng = np.random.default_rng(0)
     predictions = (rng.normal(size=(n, c)) * 3).astype(np.float32)
     if not spec.from_logits:  # probabilities: a softmax (or sigmoid) of the same logits
-        predictions = _probabilities(spec, predictions)
+        predictions = probabilities(spec, predictions).astype(np.float32)
     if spec.sparse:
         y_true = rng.integers(0, c, size=n).astype(np.int64)
         keras_true = np.eye(c, dtype=np.float32)[y_true]
@@ -169,13 +168,6 @@ def _keras_loss(spec: FocalSpec):
         loss = keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=gamma, from_logits=spec.from_logits,
                                                          reduction=None)
     return lambda y_true, y_pred: loss(y_true, y_pred)
-
-
-def _probabilities(spec: FocalSpec, logits: np.ndarray) -> np.ndarray:
-    if spec.multi_label:
-        return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _floor_session(element_wise: bool):

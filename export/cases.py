@@ -161,6 +161,16 @@ def _non_finite(spec: FocalSpec, where=None):
     return edit
 
 
+def probabilities(spec: FocalSpec, logits: np.ndarray) -> np.ndarray:
+    """What a model would feed a loss that takes probabilities: per-class sigmoids for
+    multi-label losses, a softmax over the classes otherwise (float64, no overflow)."""
+    logits = np.asarray(logits, np.float64)
+    if spec.multi_label:
+        return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the sigmoid without overflow
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def _text(shape) -> str:
     return "x".join(map(str, shape))
 
@@ -193,11 +203,8 @@ class _CaseBuilder:
             predictions = np.eye(classes)[rng.integers(0, classes, size=shape[:-1])]  # exact 0s and 1s
         elif spec.from_logits:
             predictions = logits
-        elif spec.multi_label:
-            predictions = 0.5 * (1.0 + np.tanh(0.5 * logits))  # sigmoid without overflow
         else:
-            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
-            predictions = shifted / shifted.sum(axis=-1, keepdims=True)
+            predictions = probabilities(spec, logits)
         if edit is not None:
             predictions = edit(np.array(predictions, dtype=np.float64))
         true_name, prediction_name = spec.input_names

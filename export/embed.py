@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from export import artifact
-from export.errors import ArtifactError, UsageError
+from export.errors import UsageError
 from export.quiet import import_tensorflow, silenced_stderr
 from focal_graph.spec import FocalSpec
 
@@ -89,11 +89,7 @@ def _loss_spec(path) -> FocalSpec:
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"--loss: {path} is not an artifact directory")
-    artifact.verify(path)
-    try:
-        return FocalSpec.from_json((path / artifact.SPEC).read_text())
-    except (OSError, ValueError) as error:
-        raise ArtifactError(f"{path / artifact.SPEC}: not a readable FocalSpec ({error})") from None
+    return artifact.loss_artifact(path)
 
 
 def _check_compatible(spec: FocalSpec, output_spec, name: str) -> None:

@@ -10,14 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 from export import artifact
-from export.validation import read_spec
 
 
 def inspect(artifact_dir) -> dict:
     """The artifact's spec, manifest, SavedModel signatures, ONNX interface and validation."""
     directory = Path(artifact_dir)
     manifest = artifact.verify(directory)
-    spec = read_spec(directory)
+    spec = artifact.read_spec(directory)
     info = {
         "artifact": str(directory),
         "spec": spec.to_dict(),

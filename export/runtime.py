@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.errors import ArtifactError, ProviderError, UsageError
+from export.errors import ProviderError, UsageError
 from export.quiet import silenced_stderr, verbose
 
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -138,16 +138,8 @@ class LossSession:
 
         path = Path(path)
         if path.is_dir():
-            artifact.verify(path)
-            if not (path / artifact.SPEC).is_file():
-                raise ArtifactError(f"{path}: not a loss artifact (no {artifact.SPEC})")
-            try:
-                self.spec = FocalSpec.from_json((path / artifact.SPEC).read_text())
-            except ValueError as error:
-                raise ArtifactError(f"{path / artifact.SPEC}: not a readable FocalSpec ({error})") from None
+            self.spec = artifact.loss_artifact(path, onnx=True)
             model = path / artifact.ONNX
-            if not model.is_file():
-                raise ArtifactError(f"{model}: missing; this artifact was exported without ONNX")
         elif path.is_file():
             model = path
             self.spec = None

@@ -42,10 +42,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     check_provider(provider)
     if report is not None:
         check_report_path(report, directory)
-    artifact.verify(directory)
-    spec = read_spec(directory)
-    if not (directory / artifact.ONNX).is_file():
-        raise ArtifactError(f"{directory / artifact.ONNX}: missing; this artifact was exported without ONNX")
+    spec = artifact.loss_artifact(directory, onnx=True)
     atol, rtol = tolerances(spec, atol, rtol)
     if reference_only:
         if shapes is not None:
@@ -85,13 +82,6 @@ def check_report_path(report, artifact_dir: Path) -> None:
         raise UsageError(f"--report: {path.parent} is not a writable directory")
     if Path(os.path.abspath(artifact_dir)) in path.parents:
         raise UsageError(f"--report: {report} is inside the artifact; write the report elsewhere")
-
-
-def read_spec(directory: Path) -> FocalSpec:
-    try:
-        return FocalSpec.from_json((directory / artifact.SPEC).read_text())
-    except (OSError, ValueError) as error:
-        raise ArtifactError(f"{directory / artifact.SPEC}: not a readable FocalSpec ({error})") from None
 
 
 def tolerances(spec: FocalSpec, atol, rtol) -> tuple[float, float]:
