@@ -225,20 +225,40 @@ def _remove_created(directories) -> None:
             directory.rmdir()
 
 
-def write_json_atomically(path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file, so no half-written file remains."""
+def staged_file(path, data: bytes = b"") -> str:
+    """A temporary file beside ``path`` holding ``data``, with the permissions an ordinary file
+    gets (mkstemp's 0600 is for the temporary only); the caller renames it to ``path``."""
     path = Path(path)
-    text = json.dumps(data, indent=2) + "\n"
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
         os.chmod(temporary, 0o666 & ~current_umask())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+def json_bytes(data: dict) -> bytes:
+    """``data`` as strict JSON (a NaN or infinity is an error, not a non-standard token)."""
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, so no half-written file ever remains."""
+    temporary = staged_file(path, data)
+    try:
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def write_json_atomically(path, data: dict) -> None:
+    write_atomically(path, json_bytes(data))
 
 
 def current_umask() -> int:

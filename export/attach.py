@@ -10,9 +10,6 @@ checker and a real ONNX Runtime session before it is written.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -225,13 +222,4 @@ def _sample(value) -> np.ndarray:
 
 
 def _write(model: onnx.ModelProto, out: Path) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(model.SerializeToString())
-        os.chmod(temporary, 0o666 & ~artifact.current_umask())  # mkstemp's 0600 is for the temporary only
-        os.replace(temporary, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    artifact.write_atomically(out, model.SerializeToString())

@@ -18,9 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime
-import json
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -91,7 +89,7 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
             if summary is not None:  # both files are complete before either is renamed into place
-                staged_summary = _staged_json(Path(summary), result)
+                staged_summary = artifact.staged_file(summary, artifact.json_bytes(result))
             if losses is not None:
                 losses.flush()
                 del losses
@@ -126,15 +124,6 @@ def _check_distinct(paths: dict) -> None:
         if key in seen and not (flag in ("--predictions", "--labels") and seen[key] in ("--predictions", "--labels")):
             raise UsageError(f"{flag}: {path} is also {seen[key]}; write outputs to files of their own")
         seen.setdefault(key, flag)
-
-
-def _staged_json(path: Path, data: dict) -> str:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(data, file, indent=2, allow_nan=False)
-        file.write("\n")
-    os.chmod(temporary, 0o666 & ~artifact.current_umask())
-    return temporary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,9 +410,7 @@ def _checked_labels(spec: FocalSpec, batch: np.ndarray, start: int, classes: int
 
 
 def _output_array(out: Path, rows: int, spec: FocalSpec):
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial.npy", dir=out.parent)
-    os.close(descriptor)
-    os.chmod(temporary, 0o666 & ~artifact.current_umask())  # mkstemp's 0600 is for the temporary, not the result
+    temporary = artifact.staged_file(out)
     array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.dtype(spec.dtype), shape=(rows,))
     return array, temporary
 
