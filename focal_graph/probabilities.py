@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from focal_graph.reduction import reduce_classes
@@ -31,7 +32,7 @@ def softmax_log_probs(y_pred: tf.Tensor, *, from_logits: bool, epsilon: float) -
     """
     if from_logits:
         return tf.nn.log_softmax(y_pred)  # one fused kernel in TF and in ONNX Runtime (MLAS)
-    return tf.math.log(_clip(y_pred / reduce_classes(tf.reduce_sum, y_pred, keepdims=True), epsilon))
+    return tf.math.log(_clip(y_pred / _total(y_pred, keepdims=True), epsilon))
 
 
 def softmax_log_prob_at(
@@ -50,7 +51,7 @@ def softmax_log_prob_at(
     picked = tf.gather(y_pred, class_index[..., None], batch_dims=batch_dims)[..., 0]
     if from_logits:
         return picked
-    return tf.math.log(_clip(picked / reduce_classes(tf.reduce_sum, y_pred), epsilon))
+    return tf.math.log(_clip(picked / _total(y_pred), epsilon))
 
 
 class BinaryLogProbs(NamedTuple):
@@ -78,5 +79,20 @@ def sigmoid_log_probs(y_pred: tf.Tensor, *, from_logits: bool, epsilon: float) -
     return BinaryLogProbs(tf.math.log(p), tf.math.log(q), p, q)
 
 
+def _total(probabilities: tf.Tensor, keepdims: bool = False) -> tf.Tensor:
+    """The sum over the classes, floored at the smallest normal number: a row whose
+    probabilities all underflowed to 0 (sigmoid outputs of very negative logits) would otherwise
+    divide 0 by 0, and one NaN in a batch ends a training run. Such a row is then clipped to
+    epsilon like any other zero."""
+    tiny = np.finfo(probabilities.dtype.as_numpy_dtype).tiny
+    return tf.maximum(reduce_classes(tf.reduce_sum, probabilities, keepdims=keepdims), tiny)
+
+
 def _clip(probabilities: tf.Tensor, epsilon: float) -> tf.Tensor:
-    return tf.clip_by_value(probabilities, epsilon, 1.0 - epsilon)
+    """``probabilities`` clipped to [epsilon, 1 - epsilon], the upper bound strictly below 1 in
+    their dtype: seed 000's epsilon of 1e-8 is below float32's spacing at 1 (6e-8), so
+    ``1 - 1e-8`` rounds to 1, log(1 - p) was -inf for a saturated sigmoid output, and training
+    turned to NaN."""
+    dtype = probabilities.dtype.as_numpy_dtype
+    upper = min(dtype(1.0 - epsilon), np.nextafter(dtype(1.0), dtype(0.0)))
+    return tf.clip_by_value(probabilities, epsilon, float(upper))

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import focal_graph as fg
+from focal_graph import presets
 import reference
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0]
@@ -105,3 +106,27 @@ def test_probabilities_of_exactly_zero_and_one_are_clipped_to_finite_values():
     np.testing.assert_allclose(sparse.numpy()[1], -np.log(1e-7) * (1 - 1e-7) ** 0.5, rtol=1e-5)
     assert np.isfinite(tape.gradient(sparse, probabilities).numpy()).all()
     assert np.isfinite(tape.gradient(sigmoid, probabilities).numpy()).all()
+
+
+def test_seed000_epsilon_keeps_a_saturated_sigmoid_output_finite():
+    """1 - 1e-8 rounds to 1 in float32; the clip's upper bound stays below 1 all the same, so a
+    sigmoid output of exactly 1 on a negative class trains instead of turning to NaN."""
+    probabilities = tf.Variable([[0.98, 1.0, 0.99, 0.9998]])
+    loss_fn = presets.multilabel_lsr([60, 80, 50, 66], gamma=2.0, epsilon=0.1)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(tf.constant([[0.0, 0.0, 0.0, 1.0]]), probabilities)
+    assert np.isfinite(loss.numpy()).all()
+    assert np.isfinite(tape.gradient(loss, probabilities).numpy()).all()
+    clipped = fg.sigmoid_focal_loss([[0.0]], [[1.0]], from_logits=False, gamma=0.0, epsilon=1e-8)
+    np.testing.assert_allclose(clipped.numpy(), [[-np.log(np.float32(2.0**-24))]], rtol=1e-6)
+
+
+def test_a_row_of_all_zero_probabilities_is_clipped_not_divided_by_zero():
+    probabilities = tf.Variable([[0.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    with tf.GradientTape(persistent=True) as tape:
+        sparse = fg.sparse_softmax_focal_loss([0, 0], probabilities, from_logits=False)
+        dense = fg.softmax_focal_loss([[1.0, 0, 0], [1, 0, 0]], probabilities, from_logits=False)
+    np.testing.assert_allclose(sparse.numpy()[0], -np.log(1e-7) * (1 - 1e-7) ** 2, rtol=1e-5)
+    assert np.isfinite(dense.numpy()).all()
+    assert np.isfinite(tape.gradient(sparse, probabilities).numpy()).all()
+    assert np.isfinite(tape.gradient(dense, probabilities).numpy()).all()
