@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from focal_graph import presets
 from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
-from focal_graph.reduction import per_sample_loss, reduce_loss
+from focal_graph.reduction import reduce_loss, reductions
 from focal_graph.spec import FocalSpec
 from focal_graph.weights import class_weights
 
@@ -74,17 +74,13 @@ class SpecLoss:
         """Every form of the loss from one evaluation, whatever the spec's own ``reduction``:
 
         - ``loss``: unreduced, the shape the loss function returns;
-        - ``per_sample``: (N,), each sample's sum over its other axes (see `per_sample_loss`);
+        - ``per_sample``: (N,), each sample's sum over its other axes;
         - ``sum``, ``mean``: scalars; the mean leaves ``ignore_index`` positions out.
+
+        The reduced forms are float32 for 16-bit losses (`focal_graph.reduction.reductions`).
         """
         loss = self.unreduced(y_true, y_pred)
-        mask = self.mask(y_true)
-        return {
-            "loss": loss,
-            "per_sample": per_sample_loss(loss),
-            "sum": reduce_loss(loss, "sum", mask),
-            "mean": reduce_loss(loss, "mean", mask),
-        }
+        return {"loss": loss, **reductions(loss, self.mask(y_true))}
 
     def __repr__(self) -> str:
         return f"SpecLoss({self.spec!r})"
