@@ -79,6 +79,12 @@ class SpecLoss:
 
         The reduced forms are float32 for 16-bit losses (`focal_graph.reduction.reductions`).
         """
+        y_pred = tf.convert_to_tensor(y_pred)
+        if y_pred.dtype in (tf.float16, tf.bfloat16):
+            # Reduce the float32 loss the functions compute anyway, before its cast back to 16
+            # bits: a float16 loss below 6e-8 is 0, and its sum over 40000 x 100 overflows.
+            loss = self.unreduced(y_true, tf.cast(y_pred, tf.float32))
+            return {"loss": tf.cast(loss, y_pred.dtype), **reductions(loss, self.mask(y_true))}
         loss = self.unreduced(y_true, y_pred)
         return {"loss": loss, **reductions(loss, self.mask(y_true))}
 

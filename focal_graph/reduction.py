@@ -52,12 +52,18 @@ def _per_sample_wide(loss: tf.Tensor) -> tf.Tensor:
     float64, axis group by axis group, so no float32 accumulator sees more than one row.
     """
     values = tf.cast(loss, reduced_dtype(loss.dtype))
-    if values.shape.rank >= 2:
-        positions = tf.shape(values)[:-1]
-        values = tf.reshape(_repaired_sum(values, -1, tf.reduce_prod(positions)), positions)
+    rank = values.shape.rank
+    if rank == 2:
+        values = _repaired_sum(values, 1, tf.shape(values)[0])
+    elif rank > 2:
+        # Unrepaired: on an empty input ONNX Runtime returns the input's shape, which is still
+        # empty, and the float64 stage's flatten-and-pad below turns it into the zeros it must
+        # be. Reshaping it back here would need ONNX Reshape's allowzero, which tf2onnx does
+        # not write. The axis is given by number: axes=[-1] failed on empty inputs there.
+        values = tf.reduce_sum(values, axis=rank - 1)
     values = tf.cast(values, tf.float64)
-    if values.shape.rank >= 2:
-        values = _repaired_sum(values, list(range(1, values.shape.rank)), tf.shape(values)[0])
+    if rank > 2:
+        values = _repaired_sum(values, list(range(1, rank - 1)), tf.shape(values)[0])
     return values
 
 
