@@ -51,7 +51,10 @@ def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature:
     module = _Embedded(loaded, signature, SpecLoss(spec), output, true_name)
     label_spec = input_signature(spec)[0]
     specs = {name: tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in inputs.items()}
-    specs[true_name] = tf.TensorSpec(label_spec.shape, label_spec.dtype, name=true_name)
+    # Sparse labels of any rank: (N, 1) works in training (the Keras wrapper squeezes it) and must
+    # work here; `_Embedded` squeezes it or refuses the shape.
+    label_shape = None if spec.sparse else label_spec.shape
+    specs[true_name] = tf.TensorSpec(label_shape, label_spec.dtype, name=true_name)
     concrete = tf.function(module.__call__, autograph=False).get_concrete_function(**specs)
     with artifact.staged(Path(out), force) as stage:
         with silenced_stderr():
@@ -82,7 +85,23 @@ class _Embedded(tf.Module):
     def __call__(self, **inputs):
         labels = inputs.pop(self._true_name)
         outputs = self.model.signatures[self._signature](**inputs)
+        if self._loss.sparse:
+            labels = _labels_as_in_training(labels, outputs[self._output])
         return {**outputs, LOSS_OUTPUT: self._loss.forms(labels, outputs[self._output])["per_sample"]}
+
+
+def _labels_as_in_training(labels, logits):
+    """Sparse labels (...) or (..., 1) as the Keras wrapper takes them, (...) out, where (...) is
+    the model output's shape without its class axis. Any other shape raises at run time, naming
+    the shapes (never a broadcast to an (N, 1) loss of NaN)."""
+    rank = logits.shape.rank - 1
+    labels = tf.cond(tf.equal(tf.rank(labels), rank + 1), lambda: tf.squeeze(labels, axis=-1), lambda: labels)
+    labels = tf.ensure_shape(labels, [None] * rank)
+    tf.debugging.assert_equal(
+        tf.shape(labels), tf.shape(logits)[:-1],
+        message="labels: expected the model output's shape without its class axis, or that shape with a trailing 1",
+    )
+    return labels
 
 
 def _loss_spec(path) -> FocalSpec:

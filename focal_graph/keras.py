@@ -8,6 +8,8 @@ the mean over the batch, honouring ``sample_weight``); ``SparseSoftmaxFocalLoss`
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -36,6 +38,28 @@ class _FocalLoss(keras.losses.Loss):
         return {**super().get_config(), **self.arguments}
 
 
+def warn_if_activated(y_pred, from_logits: bool, activation: str, loss_name: str) -> None:
+    """Warn, as Keras's own cross-entropies do, when ``from_logits=True`` meets the output of a
+    ``Softmax`` or ``Sigmoid`` activation: the loss then trains on a plausible but wrong number.
+
+    Keras marks its activations' outputs with ``_keras_logits``; in a graph the producing op's
+    type tells too (keras/src/backend/tensorflow/nn.py, ``_get_logits``).
+    """
+    if not from_logits:
+        return
+    produced = hasattr(y_pred, "_keras_logits") or (
+        hasattr(y_pred, "op")
+        and not isinstance(y_pred, (tf.__internal__.EagerTensor, tf.Variable))
+        and y_pred.op.type == activation
+    )
+    if produced:
+        warnings.warn(
+            f"{loss_name}: from_logits=True, but y_pred was produced by a {activation} activation "
+            f"and is not logits; pass from_logits=False, or drop the activation. Was this intended?",
+            stacklevel=3,
+        )
+
+
 def _plain(value):
     if isinstance(value, (tuple, list)) or hasattr(value, "tolist"):
         return np.asarray(value).tolist()
@@ -57,6 +81,7 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
+        warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
         if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == 1:
             y_true = tf.squeeze(y_true, axis=-1)
         loss = sparse_softmax_focal_loss(y_true, y_pred, **self.arguments)
@@ -77,6 +102,7 @@ class SoftmaxFocalLoss(_FocalLoss):
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
+        warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
         return softmax_focal_loss(y_true, y_pred, **self.arguments)
 
 
@@ -91,6 +117,7 @@ class SigmoidFocalLoss(_FocalLoss):
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
+        warn_if_activated(y_pred, self.arguments["from_logits"], "Sigmoid", self.name)
         return sigmoid_focal_loss(y_true, y_pred, **self.arguments)
 
 
@@ -102,6 +129,8 @@ class _PresetLoss(_FocalLoss):
         self._preset = preset
 
     def call(self, y_true, y_pred):
+        spec = self._preset.spec
+        warn_if_activated(y_pred, spec.from_logits, "Sigmoid" if spec.multi_label else "Softmax", self.name)
         return self._preset.unreduced(y_true, y_pred)
 
 

@@ -88,3 +88,23 @@ def test_bad_embed_is_a_clear_usage_error(pieces, tmp_path, case):
     with pytest.raises(UsageError, match=message):
         embed(**arguments)
     assert not (tmp_path / "both").exists()
+
+
+def test_column_labels_work_as_in_training_and_other_shapes_are_refused(pieces, tmp_path):
+    """(N, 1) labels train with the Keras wrapper; the embedded SavedModel returned an all-NaN
+    (N, 1) loss for them. Now they give the (N,) loss of the same labels, and labels of another
+    shape raise instead of broadcasting."""
+    import tensorflow as tf
+
+    model, model_dir, loss_dir = pieces
+    out = embed(savedmodel=model_dir, output="output_0", loss=loss_dir, out=tmp_path / "combined")
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    features, labels = inputs(tmp_path)
+    want = reference.sparse_softmax_focal(labels, np.asarray(model(features)), alpha=0.5)
+    for shaped in (labels, labels[:, None]):
+        got = serve(features=tf.constant(features), labels=tf.constant(shaped))["per_sample_loss"].numpy()
+        assert got.shape == (32,)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    for bad in (np.stack([labels, labels], axis=1), labels[:31], labels[None, :]):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            serve(features=tf.constant(features), labels=tf.constant(bad))

@@ -100,3 +100,29 @@ def test_preset_keras_losses_return_the_seeds_per_sample_shapes(rng):
     y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=5)]
     assert focal_keras.MultiCategoryFocalLoss(COUNTS).call(tf.constant(y), tf.constant(probabilities)).shape == (5, 1)
     assert focal_keras.MultilabelLSRFocalLoss(COUNTS).call(tf.constant(y), tf.constant(probabilities)).shape == (5,)
+
+
+@pytest.mark.parametrize("activation, loss, kind", [
+    ("softmax", focal_keras.SparseSoftmaxFocalLoss(), "labels"),
+    ("softmax", focal_keras.SoftmaxFocalLoss(), "one_hot"),
+    ("sigmoid", focal_keras.SigmoidFocalLoss(), "one_hot"),
+    ("softmax", focal_keras.FocalSpecLoss(fg.FocalSpec(variant="sparse_softmax")), "labels"),
+])
+def test_warns_like_keras_when_logits_are_an_activations_output(rng, activation, loss, kind):
+    """Keras's own cross-entropies warn when from_logits=True meets a softmax or sigmoid output;
+    a model compiled that way trains on a plausible but wrong loss."""
+    features, labels = separable_data(rng, samples=32)
+    network = model(output_activation=activation)
+    network.compile(optimizer="sgd", loss=loss)
+    with pytest.warns(UserWarning, match=r"from_logits=True, but y_pred was produced by a (Softmax|Sigmoid) activation"):
+        network.fit(features, targets(kind, labels), epochs=1, verbose=0)
+
+
+def test_no_warning_for_logits_or_with_from_logits_false(rng, recwarn):
+    features, labels = separable_data(rng, samples=32)
+    for activation, loss in ((None, focal_keras.SparseSoftmaxFocalLoss()),
+                             ("softmax", focal_keras.SparseSoftmaxFocalLoss(from_logits=False))):
+        network = model(output_activation=activation)
+        network.compile(optimizer="sgd", loss=loss)
+        network.fit(features, labels, epochs=1, verbose=0)
+    assert not [w for w in recwarn if "from_logits" in str(w.message)]
