@@ -30,12 +30,24 @@ def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
     return batch + ("C",)
 
 
+ALL_FORMS = ("loss", "per_sample", "sum", "mean")
+REDUCED_FORMS = ("per_sample", "sum", "mean")
+# The realistic case: this many positions (rows, or pixels and anchors over the batch) at the
+# spec's C, or at REALISTIC_CLASSES when C is dynamic: 16.4M elements, where one float32 running
+# sum in ONNX Runtime was 1.6e-3 off float64. Its batch shape per rank (product 16384):
+REALISTIC_POSITIONS = {2: (16384,), 3: (64, 256), 4: (16, 32, 32), 5: (4, 16, 16, 16)}
+REALISTIC_CLASSES = 1000
+REALISTIC_NAME = "realistic"
+
+
 @dataclass(frozen=True)
 class Case:
-    """One set of inputs: ``name`` says what it tests, ``inputs`` maps input name to array."""
+    """One set of inputs: ``name`` says what it tests, ``inputs`` maps input name to array,
+    ``forms`` the outputs compared on it (the realistic case compares the reductions only)."""
 
     name: str
     inputs: dict
+    forms: tuple = ALL_FORMS
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -109,11 +121,18 @@ def generate(spec: FocalSpec, shapes=None, seed: int = 0) -> list[Case]:
     targets, saturated probabilities, NaN and infinite predictions, and ``ignore_index``
     positions (with finite and with non-finite predictions), whichever apply to the spec."""
     rng = np.random.default_rng(seed)
+    realistic = shapes is None
     if shapes is None:
         shapes = default_shapes(spec)
         for shape in shapes:
             _check_size("classes", shape)
     builder = _CaseBuilder(spec, rng)
+    if realistic:
+        return _generated(spec, shapes, builder, rng) + [realistic_case(spec, seed)]
+    return _generated(spec, shapes, builder, rng)
+
+
+def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
     cases = [builder.case(f"random {_text(shape)}", shape) for shape in shapes]
     base = next((shape for shape in shapes if 0 not in shape), None)
     if base is None:
@@ -145,6 +164,50 @@ def generate(spec: FocalSpec, shapes=None, seed: int = 0) -> list[Case]:
     if not spec.from_logits:
         cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
     return cases
+
+
+def realistic_shape(spec: FocalSpec) -> tuple[int, ...]:
+    """16384 positions at the spec's C (`REALISTIC_CLASSES` when C is dynamic)."""
+    positions = REALISTIC_POSITIONS.get(spec.rank, (4, 16, 16, 16) + (1,) * (spec.rank - 5))
+    return positions + (spec.num_classes or REALISTIC_CLASSES,)
+
+
+def realistic_case(spec: FocalSpec, seed: int = 0) -> Case:
+    """One case at `realistic_shape`, comparing the reduced forms: large reductions drift where
+    small ones do not. Its inputs come from `portable_uniform`, so ``reference.npz`` stores only
+    the seed and a later ``validate --reference-only`` on any machine regenerates them."""
+    shape = realistic_shape(spec)
+    size = int(np.prod(shape))
+    positions = shape[:-1]
+    logits = ((portable_uniform(size, seed, 0) * 2.0 - 1.0) * 6.0).reshape(shape)
+    labels = np.minimum((portable_uniform(size // shape[-1], seed, 1) * shape[-1]).astype(np.int64), shape[-1] - 1).reshape(positions)
+    dtype = np.dtype(spec.dtype)
+    if spec.sparse:
+        y_true = labels
+        if spec.ignore_index is not None:
+            y_true = np.where(portable_uniform(labels.size, seed, 2).reshape(positions) < 0.1, spec.ignore_index, labels)
+    elif spec.multi_label:
+        y_true = (portable_uniform(size, seed, 3).reshape(shape) < 0.3).astype(dtype)
+    else:
+        y_true = np.zeros(shape, dtype)
+        np.put_along_axis(y_true, labels[..., None], 1, axis=-1)
+    predictions = logits if spec.from_logits else probabilities(spec, logits)
+    true_name, prediction_name = spec.input_names
+    inputs = {true_name: y_true, prediction_name: predictions.astype(dtype)}
+    return Case(f"{REALISTIC_NAME} {_text(shape)} seed {seed}", inputs, REDUCED_FORMS)
+
+
+def portable_uniform(count: int, seed: int, stream: int) -> np.ndarray:
+    """``count`` float64 values in [0, 1), 24 random bits each (exact in float32): splitmix64 of
+    the index. Unsigned 64-bit arithmetic wraps the same way on every machine and numpy version,
+    which numpy's generators do not promise (NEP 19)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        state = np.arange(count, dtype=np.uint64) * golden + np.uint64((seed * 7919 + stream * 104729) % 2**63)
+        state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        state = state ^ (state >> np.uint64(31))
+    return (state >> np.uint64(40)).astype(np.float64) * 2.0**-24
 
 
 def _non_finite(spec: FocalSpec, where=None):
@@ -214,11 +277,13 @@ class _CaseBuilder:
 
 
 def save_reference(path, cases: list[Case], outputs: dict) -> None:
-    """Write the cases' inputs and ``outputs[case name][form]`` to an ``.npz`` (no pickles):
-    ``case_names``, then ``NNN/<input or output name>`` per case."""
+    """Write the cases' inputs and ``outputs[case name][form]`` (the case's forms) to an ``.npz``
+    (no pickles): ``case_names``, then ``NNN/<input or output name>`` per case. The realistic
+    case's inputs are not stored: its name carries the seed they are regenerated from."""
     arrays = {"case_names": np.array([case.name for case in cases])}
     for number, case in enumerate(cases):
-        for name, array in {**case.inputs, **outputs[case.name]}.items():
+        inputs = {} if case.name.startswith(REALISTIC_NAME + " ") else case.inputs
+        for name, array in {**inputs, **{form: outputs[case.name][form] for form in case.forms}}.items():
             arrays[f"{number:03d}/{name}"] = np.asarray(array)
     with open(path, "wb") as file:
         np.savez_compressed(file, **arrays)
@@ -230,6 +295,12 @@ def load_reference(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
         names = [str(name) for name in data["case_names"]]
         cases, outputs = [], {}
         for number, name in enumerate(names):
-            cases.append(Case(name, {key: data[f"{number:03d}/{key}"] for key in spec.input_names}))
-            outputs[name] = {form: data[f"{number:03d}/{form}"] for form in forms}
+            if name.startswith(REALISTIC_NAME + " "):
+                case = realistic_case(spec, int(name.rsplit(" ", 1)[1]))
+                if case.name != name:
+                    raise ValueError(f"case {name!r} does not match the spec's realistic shape ({case.name!r})")
+            else:
+                case = Case(name, {key: data[f"{number:03d}/{key}"] for key in spec.input_names})
+            cases.append(case)
+            outputs[name] = {form: data[f"{number:03d}/{form}"] for form in forms if form in case.forms}
     return cases, outputs

@@ -61,6 +61,8 @@ def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: li
     for output in outputs:
         verdict = Verdict(output)
         for case in cases:
+            if output not in expected[case]:  # a case that compares only some forms (the realistic one)
+                continue
             want = np.asarray(expected[case][output])
             got = np.asarray(actual[case][output])
             if want.shape != got.shape:

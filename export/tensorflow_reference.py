@@ -58,7 +58,7 @@ def outputs_from_saved_model(path: Path, cases: list[Case]) -> dict:
         return {
             case.name: {
                 form: function(**{k: tf.constant(v) for k, v in case.inputs.items()})[form].numpy()
-                for form, function in functions.items()
+                for form, function in functions.items() if form in case.forms
             }
             for case in cases
         }
@@ -79,7 +79,8 @@ def outputs_from_spec(spec: FocalSpec, cases: list[Case]) -> dict:
     tf = _tensorflow_for_parity()
     function = forms_function(spec)
     return {
-        case.name: {form: np.asarray(value) for form, value in function(*map(tf.constant, case.inputs.values())).items()}
+        case.name: {form: np.asarray(value) for form, value in function(*map(tf.constant, case.inputs.values())).items()
+                    if form in case.forms}
         for case in cases
     }
 
