@@ -45,7 +45,6 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     except Exception as error:  # tf2onnx raises many types; each is a failed conversion
         raise ConversionError(f"tf2onnx failed on {spec.name}: {type(error).__name__}: {error}") from error
     model = _arranged(model, spec)
-    _softplus_rewritten(model.graph)
     if metadata:
         onnx.helper.set_model_props(model, {METADATA_PREFIX + key: str(value) for key, value in metadata.items()})
     model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(FORMS)}"
@@ -90,33 +89,6 @@ def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
                 dim.dim_param = name
     del graph.value_info[:]
     return model
-
-
-def _softplus_rewritten(graph) -> None:
-    """Every ONNX Softplus node replaced by ``Relu(x) - Log(Sigmoid(Abs(x)))``, in place.
-
-    ONNX Runtime 1.31's CPU Softplus took 170 ms on 16.4M float32 elements where Abs, Sigmoid,
-    Log, Relu and Sub together took 47 ms (measured one op per session, interleaved). Exact up to
-    float32 rounding: ``sigmoid(|x|)`` lies in [1/2, 1], so its log never underflows, and where it
-    rounds to 1 (|x| > 17) the term dropped, ``log1p(exp(-|x|))``, is below 6e-8.
-    """
-    nodes = []
-    for node in graph.node:
-        if node.op_type != "Softplus" or node.domain not in ("", "ai.onnx"):
-            nodes.append(node)
-            continue
-        (x,), (y,) = node.input, node.output
-        name = node.name or y
-        names = [f"{name}/abs", f"{name}/sigmoid", f"{name}/log", f"{name}/relu"]
-        nodes += [
-            onnx.helper.make_node("Abs", [x], [names[0]], name=names[0]),
-            onnx.helper.make_node("Sigmoid", [names[0]], [names[1]], name=names[1]),
-            onnx.helper.make_node("Log", [names[1]], [names[2]], name=names[2]),
-            onnx.helper.make_node("Relu", [x], [names[3]], name=names[3]),
-            onnx.helper.make_node("Sub", [names[3], names[2]], [y], name=f"{name}/softplus"),
-        ]
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def check(model: onnx.ModelProto, spec: FocalSpec) -> None:

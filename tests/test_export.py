@@ -187,15 +187,16 @@ def test_savedmodel_without_xla_validates_too_and_the_manifest_says_which(tmp_pa
     assert load_json(tmp_path / "plain" / "manifest.json")["saved_model_xla"] is False
 
 
-def test_onnx_softplus_is_rewritten_into_ops_onnx_runtime_runs_fast(tmp_path):
-    """ONNX Runtime 1.31's CPU Softplus is slow; the sigmoid loss's ONNX graph has none, and
-    still matches the float64 formula at logits where softplus matters most."""
+def test_sigmoid_onnx_has_no_softplus_or_sigmoid_and_matches_the_formula(tmp_path):
+    """ONNX Runtime 1.31's CPU Softplus is slow (120-170 ms per 16.4M elements) and its Sigmoid
+    returns 0 below x = -17; the sigmoid loss's ONNX graph has neither, and matches the float64
+    formula at logits where softplus matters most."""
     spec = FocalSpec(variant="sigmoid", alpha=0.25)
     exported(tmp_path / "a", spec, validate=False)
     model = onnx.load(str(tmp_path / "a" / artifact.ONNX))
-    assert "Softplus" not in {node.op_type for node in model.graph.node}
+    assert not {"Softplus", "Sigmoid"} & {node.op_type for node in model.graph.node}
     logits = np.array([[-100.0, -17.0, -1.0, 0.0, 1.0, 17.0, 100.0]] * 2, np.float32)
     targets = np.array([[1.0] * 7, [0.0] * 7], np.float32)
     got = bare_session_outputs(tmp_path / "a", {"targets": targets, "logits": logits})["loss"]
     want = reference.sigmoid_focal(targets, logits, gamma=2.0, alpha=0.25)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)
