@@ -7,7 +7,8 @@ Importing the package is cheap and loads neither TensorFlow nor onnxruntime. The
 - `export.validation`: ``validate(...)``, ONNX Runtime against TensorFlow or against the
   artifact's stored reference outputs (the latter without TensorFlow).
 - `export.inspection`: ``inspect(...)``, what an artifact holds.
-- `export.artifact`: the directory layout and its manifest; `export.cases`: validation inputs;
+- `export.artifact`: the directory layout and its manifest; `export.writing`: the output-path
+  check and atomic writes every command uses; `export.cases`: validation inputs;
   `export.compare`: element-wise verdicts; `export.runtime`: ONNX Runtime sessions, and
   ``LossSession`` / ``BatchLoss`` for evaluating a loss with ONNX Runtime alone.
 - `export.evaluation`: ``evaluate(...)``, per-sample losses of files (no TensorFlow);

@@ -1,4 +1,4 @@
-"""An artifact directory: its layout, its manifest, and writing it atomically.
+"""An artifact directory: its layout and its manifest (writing it: `export.writing`).
 
 Standard library and focalgraph's numpy-only spec, so every host (with or without TensorFlow)
 can verify and read an artifact.
@@ -19,14 +19,11 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
-from export.errors import ArtifactError, UsageError
+from export.errors import ArtifactError
 from focal_graph.spec import FocalSpec
 
 SPEC = "spec.json"
@@ -36,6 +33,7 @@ REFERENCE = "reference.npz"
 VALIDATION = "validation.json"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+SPEC_METADATA = "focalgraph.spec"  # the ONNX metadata key that holds the spec's JSON
 # The loss's forms: the ONNX model's outputs in this order, one SavedModel signature each.
 FORMS = ("loss", "per_sample", "sum", "mean")
 
@@ -92,11 +90,53 @@ def write_manifest(directory: Path, spec_name: str, details: dict | None = None)
     return manifest
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # far above any real manifest; a bigger file is not one
+
+
+def read_manifest(path) -> dict:
+    """``manifest.json`` at ``path``, checked against focalgraph's own schema (the fields
+    `write_manifest` writes, each of its type; file names inside the artifact), or `ArtifactError`
+    naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+        manifest = json.loads(data)
+        if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError("unknown manifest version")
+        for key, kind in (("spec", str), ("created", str), ("versions", dict), ("files", dict)):
+            if not isinstance(manifest.get(key), kind):
+                raise ValueError(f"{key!r} missing or not a {kind.__name__}")
+        for name, entry in manifest["files"].items():
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts or not parts or name == MANIFEST:
+                raise ValueError(f"file name {name!r} is not a path inside the artifact")
+            if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)):
+                raise ValueError(f"entry for {name!r} needs an integer size and a sha256")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise ArtifactError(f"{path}: unreadable manifest ({error})") from None
+    return manifest
+
+
+def is_manifest(path) -> bool:
+    """Whether ``path`` is a manifest focalgraph wrote (by its schema; the files are not checked)."""
+    try:
+        read_manifest(path)
+    except ArtifactError:
+        return False
+    return True
+
+
 def verify(directory) -> dict:
     """Check ``directory`` against its manifest; returns the manifest.
 
-    Raises `ArtifactError` naming the first file that is missing, of another size, of another
-    content, or present but not in the manifest.
+    Raises `ArtifactError` naming the first file that is missing, unreadable, of another size, of
+    another content, or present but not in the manifest.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -105,33 +145,79 @@ def verify(directory) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; not a focalgraph artifact, or an incomplete one")
+    manifest = read_manifest(path)
+    files = manifest["files"]
     try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-        if manifest.get("manifest_version") != MANIFEST_VERSION or not isinstance(files, dict):
-            raise ValueError("unknown manifest version")
-        for name, entry in files.items():
-            parts = Path(name).parts
-            if Path(name).is_absolute() or ".." in parts or not parts or name == MANIFEST:
-                raise ValueError(f"file name {name!r} is not a path inside the artifact")
-            if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)):
-                raise ValueError(f"entry for {name!r} needs an integer size and a sha256")
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise ArtifactError(f"{path}: unreadable manifest ({error})") from None
-    present = _files(directory)
+        present = _files(directory)
+    except OSError as error:
+        raise ArtifactError(f"{error.filename or directory}: cannot read it ({error.strerror or error})") from None
     for name, entry in sorted(files.items()):
         file = directory / name
         if name not in present:
             raise ArtifactError(f"{file}: listed in {MANIFEST} but missing")
-        size = file.stat().st_size
+        try:
+            size = file.stat().st_size
+            digest = sha256(file) if size == entry["size"] else None
+        except OSError as error:
+            raise ArtifactError(f"{file}: cannot read it ({error.strerror or error})") from None
         if size != entry["size"]:
             raise ArtifactError(f"{file}: {size} bytes, {MANIFEST} says {entry['size']} (truncated or edited)")
-        if sha256(file) != entry["sha256"]:
+        if digest != entry["sha256"]:
             raise ArtifactError(f"{file}: sha256 differs from {MANIFEST} (edited)")
     extra = [name for name in present if name != MANIFEST and name not in files]
     if extra:
         raise ArtifactError(f"{directory / extra[0]}: not listed in {MANIFEST} (added after export)")
     return manifest
+
+
+def first_foreign(directory) -> tuple[str, str] | None:
+    """The first entry under ``directory`` that focalgraph did not write, as (relative path, why),
+    or None: for an empty directory, or one whose every file its focalgraph manifest lists (sizes
+    and contents aside: an edited artifact is still focalgraph's). Directories hold no data of
+    their own and are not listed; links and special files are never focalgraph's."""
+    directory = Path(directory)
+    listed = None
+    manifest = directory / MANIFEST
+    if os.path.lexists(manifest):
+        if manifest.is_symlink() or not manifest.is_file():
+            return MANIFEST, "is not a focalgraph manifest (a link, or not a file)"
+        try:
+            listed = set(read_manifest(manifest)["files"])
+        except ArtifactError:
+            return MANIFEST, "is not a focalgraph manifest"
+    for relative, kind in _entries(directory):
+        if kind == "unreadable":
+            return relative, "cannot be listed, so it may hold anything"
+        if kind == "other":
+            return relative, "is a link or special file, which focalgraph never writes"
+        if relative == MANIFEST:
+            continue
+        if listed is None:
+            return relative, "was not written by focalgraph (no focalgraph manifest lists it)"
+        if relative not in listed:
+            return relative, f"is not listed in {MANIFEST} (focalgraph did not write it)"
+    return None
+
+
+def _entries(directory: Path, prefix: str = ""):
+    """(relative POSIX path, "file" | "other" | "unreadable") for everything under ``directory``
+    but directories, in sorted order, lazily (a foreign tree is not walked further than needed)."""
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError:
+        yield (prefix.rstrip("/") or "."), "unreadable"
+        return
+    for entry in entries:
+        relative = prefix + entry.name
+        if entry.is_symlink():
+            yield relative, "other"
+        elif entry.is_dir(follow_symlinks=False):
+            yield from _entries(Path(entry.path), relative + "/")
+        elif entry.is_file(follow_symlinks=False):
+            yield relative, "file"
+        else:
+            yield relative, "other"
 
 
 def read_spec(directory) -> FocalSpec:
@@ -146,122 +232,69 @@ def read_spec(directory) -> FocalSpec:
 
 
 def loss_artifact(directory, *, onnx: bool = False) -> FocalSpec:
-    """Verify a loss artifact against its manifest and return its spec; with ``onnx``, an
-    artifact exported without ``model.onnx`` is an `ArtifactError` too. The one way every command
-    opens an artifact."""
+    """Verify a loss artifact against its manifest and return its spec; its ``model.onnx``, if
+    any, must be self-contained (`check_self_contained`). With ``onnx``, an artifact exported
+    without ``model.onnx`` is an `ArtifactError` too. The one way every command opens an artifact."""
     directory = Path(directory)
     verify(directory)
     spec = read_spec(directory)
-    if onnx and not (directory / ONNX).is_file():
+    if (directory / ONNX).is_file():
+        check_self_contained(directory / ONNX)
+    elif onnx:
         raise ArtifactError(f"{directory / ONNX}: missing; this artifact was exported without ONNX")
     return spec
 
 
-def check_destination(out, force: bool) -> Path:
-    """``out`` as an absolute Path, or a `UsageError`: ``out`` must not exist (or, with ``force``,
-    be an artifact or an empty directory, which is replaced), must not be this process's working
-    directory or one of its parents, and must be creatable (its nearest existing parent a
-    writable directory)."""
-    out = Path(os.path.abspath(out))
-    if out == Path.cwd() or out in Path.cwd().parents:
-        raise UsageError(f"--out: {out} is the working directory or one of its parents; name a new directory")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise UsageError(f"--out: {out} already exists; pass --force to replace it")
-        if out.is_symlink() or not out.is_dir():
-            raise UsageError(f"--out: {out} exists and is not a directory")
-        if not (out / MANIFEST).is_file() and any(out.iterdir()):
-            raise UsageError(f"--out: {out} is not a focalgraph artifact and not empty; --force replaces only those")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out: cannot create {out}: {parent} is not a writable directory")
-    return out
+def check_self_contained(path) -> None:
+    """`ArtifactError` unless ``path`` is a readable ONNX model holding all of its tensors' data.
 
+    A loss never needs ONNX external data, and a tensor whose data lives "in another file" could
+    point anywhere (``../../secret``) for ONNX Runtime to read."""
+    import onnx
 
-@contextlib.contextmanager
-def staged(out, force: bool) -> Iterator[Path]:
-    """A temporary directory beside ``out`` that becomes ``out`` only if the block succeeds.
-
-    On any exception (KeyboardInterrupt included) the temporary directory, and any parent
-    directories created for it, are removed and ``out`` is as it was. An existing ``out`` is
-    replaced only when ``force`` is set, and only after the new one is complete.
-    """
-    out = check_destination(out, force)
-    created = [p for p in reversed(out.parents) if not p.exists()]
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        model = onnx.load(str(path), load_external_data=False)
     except OSError as error:
-        _remove_created(created)
-        raise UsageError(f"--out: cannot create {out} ({error.strerror})") from None
-    stage.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; an artifact is an ordinary directory
-    old = None
+        raise ArtifactError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except Exception as error:  # protobuf's DecodeError and others
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+            raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data in another file ({location!r}); "
+                                "a focalgraph loss is one self-contained file")
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers, sparse ones, and node attributes, subgraphs
+    included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def spec_from_metadata(text: str, where) -> FocalSpec:
+    """The FocalSpec stored under `SPEC_METADATA` in an ONNX model's metadata, or `ArtifactError`
+    naming ``where`` (the model file)."""
     try:
-        yield stage
-        if out.exists():
-            if not force:  # appeared while we worked
-                raise UsageError(f"--out: {out} already exists; pass --force to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if old is not None:
-            if not out.exists() and (old / out.name).exists():
-                os.replace(old / out.name, out)  # interrupted between the two renames: put it back
-            shutil.rmtree(old, ignore_errors=True)
-        _remove_created(created)
-        raise
-
-
-def _remove_created(directories) -> None:
-    for directory in reversed(directories):
-        with contextlib.suppress(OSError):
-            directory.rmdir()
-
-
-def staged_file(path, data: bytes = b"") -> str:
-    """A temporary file beside ``path`` holding ``data``, with the permissions an ordinary file
-    gets (mkstemp's 0600 is for the temporary only); the caller renames it to ``path``."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.chmod(temporary, 0o666 & ~current_umask())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return temporary
+        return FocalSpec.from_json(text)
+    except (ValueError, TypeError) as error:
+        raise ArtifactError(f"{where}: its {SPEC_METADATA} metadata is not a readable FocalSpec ({error})") from None
 
 
 def json_bytes(data: dict) -> bytes:
     """``data`` as strict JSON (a NaN or infinity is an error, not a non-standard token)."""
     return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
-
-
-def write_atomically(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, so no half-written file ever remains."""
-    temporary = staged_file(path, data)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def write_json_atomically(path, data: dict) -> None:
-    write_atomically(path, json_bytes(data))
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

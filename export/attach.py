@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import compose, version_converter
 
-from export import artifact
+from export import artifact, writing
 from export.cases import dimension_names
 from export.errors import ConversionError, UsageError
 from focal_graph.spec import FocalSpec
@@ -30,13 +30,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     output ``output``; write the result to ``out`` and return it. Raises `UsageError` on a bad
     argument (an output that does not exist, a class count or rank or dtype that does not match,
     a model opset below 13), `ConversionError` when the graphs cannot be reconciled."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"--out: {out} already exists; pass --force to replace it")
-    if out.is_dir():
-        raise UsageError(f"--out: {out} is a directory; name a .onnx file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: directory {out.parent} does not exist")
+    destination = writing.check_outputs({"--out": out}, {"--model": model, "--loss": loss}, replace=force)["--out"]
     network = _load("--model", model)
     spec, loss_model = _load_loss(loss)
     outputs = {value.name: value for value in network.graph.output}
@@ -77,7 +71,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     combined.metadata_props.extend(kept)
     onnx.helper.set_model_props(combined, {**{p.key: p.value for p in kept}, "focalgraph.attached": spec.to_json()})
     _check(combined)
-    _write(combined, out)
+    writing.write_atomically("--out", destination, combined.SerializeToString())
     return combined
 
 
@@ -102,11 +96,13 @@ def _load_loss(path) -> tuple[FocalSpec, onnx.ModelProto]:
     path = Path(path)
     if path.is_dir():
         return artifact.loss_artifact(path, onnx=True), _load("--loss", path / artifact.ONNX)
+    if path.is_file():
+        artifact.check_self_contained(path)
     model = _load("--loss", path)
-    text = {p.key: p.value for p in model.metadata_props}.get("focalgraph.spec")
+    text = {p.key: p.value for p in model.metadata_props}.get(artifact.SPEC_METADATA)
     if text is None:
-        raise UsageError(f"--loss: {path} is not a focalgraph loss (no focalgraph.spec in its metadata)")
-    return FocalSpec.from_json(text), model
+        raise UsageError(f"--loss: {path} is not a focalgraph loss (no {artifact.SPEC_METADATA} in its metadata)")
+    return artifact.spec_from_metadata(text, path), model
 
 
 def _dims(value) -> list:
@@ -220,6 +216,3 @@ def _sample(value) -> np.ndarray:
         raise ConversionError(f"cannot make a sample input of type {value.type} for {value.name!r} to check the model")
     return np.zeros(shape, _NUMPY_TYPES[element])
 
-
-def _write(model: onnx.ModelProto, out: Path) -> None:
-    artifact.write_atomically(out, model.SerializeToString())

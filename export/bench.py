@@ -21,6 +21,7 @@ anything. Ratios: ``ours / floor`` per backend, ``keras / ours`` and ``tensorflo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import artifact
+from export import artifact, writing
 from export.cases import probabilities
 from export.errors import UsageError
 from export.quiet import import_tensorflow, silenced_stderr
@@ -54,8 +55,11 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
 
     if repeats < 1 or warmup < 0:
         raise UsageError(f"--repeats: expected at least 1, got {repeats}")
-    if json_path is not None and Path(json_path).suffix != ".json":
-        raise UsageError(f"--json: {json_path}: name a .json file (the .md and .png are written beside it)")
+    if json_path is not None:
+        json_path = Path(json_path)
+        if json_path.suffix != ".json":
+            raise UsageError(f"--json: {json_path}: name a .json file (the .md and .png are written beside it)")
+        writing.check_outputs(written(json_path), {"ARTIFACTS": list(artifacts)})
     specs = {}
     for directory in artifacts:
         directory = Path(directory)
@@ -244,12 +248,22 @@ def _machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "platform": sys.platform}
 
 
+def written(json_path: Path) -> dict:
+    """What ``--json`` writes: the JSON, and beside it the Markdown table and the plot."""
+    return {"--json": json_path, "--json (its table)": json_path.with_suffix(".md"),
+            "--json (its plot)": json_path.with_suffix(".png")}
+
+
 def write(results: dict, json_path: Path) -> None:
-    """``json_path``, and beside it the Markdown table (``.md``) and the plot (``.png``)."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    artifact.write_json_atomically(json_path, results)
-    json_path.with_suffix(".md").write_text(markdown(results))
-    plot(results, json_path.with_suffix(".png"))
+    """``json_path``, and beside it the Markdown table (``.md``) and the plot (``.png``), all
+    three or none."""
+    outputs = writing.check_outputs(written(json_path))
+    image = io.BytesIO()
+    plot(results, image)
+    with writing.StagedFiles() as files:
+        files.write("--json", outputs["--json"], artifact.json_bytes(results))
+        files.write("--json", outputs["--json (its table)"], markdown(results).encode())
+        files.write("--json", outputs["--json (its plot)"], image.getvalue())
 
 
 def markdown(results: dict) -> str:
@@ -288,8 +302,9 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
-    """Time against N x C per backend, one panel per artifact (log-log)."""
+def plot(results: dict, path) -> None:
+    """Time against N x C per backend, one panel per artifact (log-log), as PNG to ``path`` (a
+    path or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,7 +325,7 @@ def plot(results: dict, path: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
 
 

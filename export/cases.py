@@ -89,7 +89,10 @@ def parse_shapes(spec: FocalSpec, text, option: str = "--shapes") -> list[tuple[
         except ValueError:
             raise UsageError(f"{option}: expected shapes like 8x10,0x10 (sizes joined by x), got {text!r}") from None
     else:
-        shapes = [tuple(int(size) for size in shape) for shape in text]
+        try:
+            shapes = [tuple(_size(option, size) for size in shape) for shape in text]
+        except TypeError:
+            raise UsageError(f"{option}: expected shapes like 8x10,0x10 or a list of tuples of sizes, got {text!r}") from None
     if not shapes:
         raise UsageError(f"{option}: expected at least one shape")
     layout = "x".join(dimension_names(spec))
@@ -107,6 +110,13 @@ def parse_shapes(spec: FocalSpec, text, option: str = "--shapes") -> list[tuple[
     if repeated:
         raise UsageError(f"{option}: {_text(repeated[0])} is given twice")
     return shapes
+
+
+def _size(option: str, size) -> int:
+    """One size of a shape given as a tuple: an integer (2.7 is not truncated to 2)."""
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+        raise UsageError(f"{option}: sizes are integers, got {size!r}")
+    return int(size)
 
 
 def _check_size(option: str, shape) -> None:

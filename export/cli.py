@@ -224,6 +224,8 @@ def main(argv=None) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     prefix = f"focalgraph {command}".strip()
     signal.signal(signal.SIGTERM, _terminated)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # not under nohup
+        signal.signal(signal.SIGHUP, _terminated)
     try:
         code = cli.main(args=argv, prog_name="focalgraph", standalone_mode=False)
     except ValidationFailed as error:

@@ -3,11 +3,10 @@ the model's outputs plus the per-sample loss out (``serving_default``)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-from export import artifact
+from export import artifact, writing
 from export.errors import UsageError
 from export.quiet import import_tensorflow, silenced_stderr
 from focal_graph.spec import FocalSpec
@@ -22,11 +21,8 @@ def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature:
     that signature's outputs plus ``per_sample_loss``: the loss at ``loss`` (an artifact
     directory) applied to the output ``output``. All or nothing, like ``export``."""
     spec = _loss_spec(loss)
-    target = Path(os.path.abspath(out))
-    for flag, source in (("--loss", loss), ("--savedmodel", savedmodel)):
-        source = Path(os.path.abspath(source))
-        if target == source or target in source.parents or source in target.parents:
-            raise UsageError(f"--out: {out} overlaps {flag} {source}; write the combined SavedModel elsewhere")
+    destination = writing.check_outputs({"--out": out}, {"--loss": loss, "--savedmodel": savedmodel}, directory=True,
+                                        force=force)["--out"]
     try:
         with silenced_stderr():
             loaded = tf.saved_model.load(str(savedmodel))
@@ -56,7 +52,7 @@ def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature:
     label_shape = None if spec.sparse else label_spec.shape
     specs[true_name] = tf.TensorSpec(label_shape, label_spec.dtype, name=true_name)
     concrete = tf.function(module.__call__, autograph=False).get_concrete_function(**specs)
-    with artifact.staged(Path(out), force) as stage:
+    with writing.staged(destination, force=force) as stage:
         with silenced_stderr():
             tf.saved_model.save(module, str(stage), signatures={"serving_default": concrete})
         # verifiable like an artifact, and replaceable with --force

@@ -25,6 +25,11 @@ class ArtifactError(FocalgraphError):
     exit_code = 2
 
 
+class OutputError(FocalgraphError):
+    """An output could not be written (a full disk, an I/O error, another process writing the same
+    place at the same time) (exit 1); nothing was left behind."""
+
+
 class ConversionError(FocalgraphError):
     """tf2onnx produced a model that is not a faithful, runnable ONNX graph (exit 1)."""
 

@@ -9,8 +9,8 @@ Parquet file; by default the one named after the loss's input, or the only one).
 
 Every batch is checked before it is evaluated: NaN predictions, labels that are not classes of
 the loss (``ignore_index`` aside), targets outside [0, 1] are `UsageError` naming the first
-offending row. The losses go to a temporary file beside ``out``, renamed at the end: a failed run
-leaves no output.
+offending row. The losses and the summary go to temporary files beside ``out`` and ``summary``
+(`export.writing.StagedFiles`), renamed at the end: a failed run leaves no output.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime
-import os
+import io
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from export import artifact
+from export import artifact, writing
 from export.errors import UsageError
 from export.runtime import LossSession
 from focal_graph.spec import FocalSpec
@@ -45,11 +45,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
         raise UsageError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise UsageError(f"--top-k: expected an integer >= 0, got {top_k!r}")
-    for flag, path in (("--out", out), ("--summary", summary)):
-        if path is not None:
-            _check_output(flag, path)
-    _check_distinct({"--out": out, "--summary": summary, "--predictions": _file_part(predictions),
-                     "--labels": _file_part(labels)})
+    outputs = writing.check_outputs({"--out": out, "--summary": summary}, {
+        "ARTIFACT": artifact_path, "--predictions": _file_part(predictions), "--labels": _file_part(labels)})
     session = LossSession(artifact_path, provider)
     spec = session.spec
     if spec is None:
@@ -61,9 +58,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
         _check_shapes(spec, predicted, truth)
         rows = predicted.rows
         accumulator = _Accumulator(spec, predicted.row_shape, top_k)
-        losses, temporary = (None, None) if out is None else _output_array(Path(out), rows, spec)
-        staged_summary = None
-        try:
+        with writing.StagedFiles() as files:  # both complete before either is renamed into place
+            losses = None if out is None else _output_file(files, outputs["--out"], rows, spec)
             bar = _progress_bar(rows, progress)
             start = 0
             for prediction_batch, label_batch in zip(predicted.batches(batch_size), truth.batches(batch_size)):
@@ -75,7 +71,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
                     raise UsageError(f"the loss is not finite at row {start + int(np.argmax(not_finite))}")
                 accumulator.add(start, per_sample, label_batch)
                 if losses is not None:
-                    losses[start:start + len(per_sample)] = per_sample
+                    with files.reporting("--out", out):
+                        losses.write(np.ascontiguousarray(per_sample, dtype=spec.dtype).tobytes())
                 start += len(per_sample)
                 bar.update(len(per_sample))
             bar.close()
@@ -88,20 +85,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
                 **accumulator.summary(),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
-            if summary is not None:  # both files are complete before either is renamed into place
-                staged_summary = artifact.staged_file(summary, artifact.json_bytes(result))
-            if losses is not None:
-                losses.flush()
-                del losses
-                os.replace(temporary, out)
-            if staged_summary is not None:
-                os.replace(staged_summary, summary)
-        except BaseException:
-            for path in (temporary, staged_summary):
-                if path is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-            raise
+            if summary is not None:
+                files.write("--summary", outputs["--summary"], artifact.json_bytes(result))
     return result
 
 
@@ -111,19 +96,6 @@ def _file_part(text) -> str:
     if Path(text).is_file() or ":" not in Path(text).name:
         return text
     return text.rpartition(":")[0]
-
-
-def _check_distinct(paths: dict) -> None:
-    """No two of the files given may be the same file: an output over an input, or the losses
-    over the summary, would silently destroy data."""
-    seen = {}
-    for flag, path in paths.items():
-        if path is None:
-            continue
-        key = os.path.realpath(path)
-        if key in seen and not (flag in ("--predictions", "--labels") and seen[key] in ("--predictions", "--labels")):
-            raise UsageError(f"{flag}: {path} is also {seen[key]}; write outputs to files of their own")
-        seen.setdefault(key, flag)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,14 +313,6 @@ def _pick(flag, path, key, defaults, names, what) -> str:
 # Checks
 
 
-def _check_output(flag: str, path) -> None:
-    path = Path(os.path.abspath(path))
-    if path.is_dir() or not path.name:
-        raise UsageError(f"{flag}: {path} is a directory; name a file")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: {path.parent} is not a writable directory")
-
-
 def _check_shapes(spec: FocalSpec, predicted: _Source, truth: _Source) -> None:
     rank = len(predicted.row_shape) + 1
     layout = "predictions (N, ..., C) with rank " + str(spec.rank)
@@ -409,10 +373,17 @@ def _checked_labels(spec: FocalSpec, batch: np.ndarray, start: int, classes: int
     return batch
 
 
-def _output_array(out: Path, rows: int, spec: FocalSpec):
-    temporary = artifact.staged_file(out)
-    array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.dtype(spec.dtype), shape=(rows,))
-    return array, temporary
+def _output_file(files: writing.StagedFiles, out: Path, rows: int, spec: FocalSpec):
+    """The losses' ``.npy``, open for writing batch after batch, its whole size reserved first: a
+    memory map here would turn a full disk into SIGBUS."""
+    dtype = np.dtype(spec.dtype)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows,)})
+    file = files.open("--out", out, size=len(header.getvalue()) + rows * dtype.itemsize)
+    with files.reporting("--out", out):
+        file.write(header.getvalue())
+    return file
 
 
 def _progress_bar(rows: int, enabled: bool):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import artifact
+from export import artifact, writing
 from export.cases import generate, save_reference
-from export.errors import UsageError, ValidationFailed
+from export.errors import OutputError, UsageError, ValidationFailed
 from export.onnx_conversion import DEFAULT_OPSET, check_opset
 from export.options import spec_from_options
 from export.runtime import check_provider
@@ -38,8 +38,10 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
     SavedModel's signatures with XLA (see `tensorflow_reference.save_saved_model`).
 
     Everything is written to a temporary directory beside ``out`` and renamed to ``out`` at the
-    end: a failed or interrupted export leaves nothing at ``out``, and an existing ``out`` is
-    replaced only with ``force``. Bad options raise `UsageError` before anything is written.
+    end (`export.writing.staged`): a failed or interrupted export leaves nothing at ``out``, and
+    an existing ``out`` is replaced only with ``force``, and only if focalgraph wrote it or it is
+    empty. Bad options raise `UsageError` before anything is written; a write that fails (a full
+    disk) raises `OutputError`.
     """
     loss_spec = spec_from_options(preset=preset, variant=variant, spec=spec, **spec_options)
     formats = parse_formats(format)
@@ -52,17 +54,25 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
             "--dtype: bfloat16 cannot be exported (tf2onnx writes it as float16 and the model does not load; "
             "numpy has no bfloat16 for the reference outputs); export float32 or float16"
         )
-    artifact.check_destination(out, force)
+    spec_file = spec if spec is not None and not isinstance(spec, FocalSpec) else None
+    destination = writing.check_outputs({"--out": out}, {"--spec": spec_file}, directory=True, force=force)["--out"]
 
     from export import tensorflow_reference
     from export.onnx_conversion import convert
+    from export.quiet import import_tensorflow
     from export.validation import run
 
-    with artifact.staged(Path(out), force) as stage:
+    tf = import_tensorflow()
+    with writing.staged(destination, force=force) as stage:
         (stage / artifact.SPEC).write_text(loss_spec.to_json())
         cases = generate(loss_spec)
         if "savedmodel" in formats:
-            tensorflow_reference.save_saved_model(loss_spec, stage / artifact.SAVED_MODEL, xla=xla)
+            try:
+                tensorflow_reference.save_saved_model(loss_spec, stage / artifact.SAVED_MODEL, xla=xla)
+            except tf.errors.OpError as error:  # TF's own error for a full disk, say
+                reason = error.message.strip().splitlines()[0].rpartition("; ")[2]
+                raise OutputError(f"--out: cannot write {out} (TensorFlow could not save the SavedModel: {reason}); "
+                                  "nothing was written") from None
             expected = tensorflow_reference.outputs_from_saved_model(stage / artifact.SAVED_MODEL, cases)
         else:
             expected = tensorflow_reference.outputs_from_spec(loss_spec, cases)
@@ -80,7 +90,7 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
                 report["artifact"] = str(out)
                 if not report["passed"]:
                     raise ValidationFailed(f"{out}: ONNX Runtime does not match TensorFlow; nothing was written", report)
-                artifact.write_json_atomically(stage / artifact.VALIDATION, report)
+                (stage / artifact.VALIDATION).write_bytes(artifact.json_bytes(report))
         artifact.write_manifest(stage, loss_spec.name, {"saved_model_xla": xla} if "savedmodel" in formats else {})
     return ExportResult(Path(out), loss_spec, formats, report)
 
@@ -112,7 +122,9 @@ def default_specs() -> dict[str, FocalSpec]:
 def export_defaults(out="artifacts", *, opset: int | None = None, validate: bool = True, force: bool = False,
                     provider: str = "auto", xla: bool = True, progress=None) -> list[ExportResult]:
     """Export every `default_specs` artifact to ``out/NAME``; ``progress(name, result)`` is
-    called after each."""
+    called after each. Every destination is checked before the first is written."""
+    for name in default_specs():
+        writing.check_outputs({"--out": Path(out) / name}, directory=True, force=force)
     results = []
     for name, spec in default_specs().items():
         result = export(Path(out) / name, spec=spec, opset=opset, validate=validate, force=force, provider=provider,

@@ -5,18 +5,22 @@ Needs onnx; TensorFlow only to list the SavedModel's signatures (skipped, and sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
 
 from export import artifact
+from export.errors import ArtifactError
 
 
 def inspect(artifact_dir) -> dict:
-    """The artifact's spec, manifest, SavedModel signatures, ONNX interface and validation."""
+    """The artifact's spec, manifest, SavedModel signatures, ONNX interface and validation.
+    Raises `ArtifactError` naming the first file that does not match the manifest or cannot be
+    read as what it should be."""
     directory = Path(artifact_dir)
-    manifest = artifact.verify(directory)
-    spec = artifact.read_spec(directory)
+    spec = artifact.loss_artifact(directory)
+    manifest = artifact.read_manifest(directory / artifact.MANIFEST)
     info = {
         "artifact": str(directory),
         "spec": spec.to_dict(),
@@ -29,18 +33,34 @@ def inspect(artifact_dir) -> dict:
         },
     }
     if (directory / artifact.SAVED_MODEL).is_dir():
-        info["saved_model"] = _signatures(directory / artifact.SAVED_MODEL)
+        with _reading(directory / artifact.SAVED_MODEL):
+            info["saved_model"] = _signatures(directory / artifact.SAVED_MODEL)
     if (directory / artifact.ONNX).is_file():
-        info["onnx"] = _onnx(directory / artifact.ONNX)
+        with _reading(directory / artifact.ONNX):
+            info["onnx"] = _onnx(directory / artifact.ONNX)
     if (directory / artifact.VALIDATION).is_file():
-        report = json.loads((directory / artifact.VALIDATION).read_text())
-        info["validation"] = {
-            "passed": report["passed"],
-            "provider": report["onnxruntime"]["provider"],
-            "cases": len(report["cases"]),
-            "max_abs_error": {v["output"]: v["max_abs_error"] for v in report["outputs"]},
-        }
+        with _reading(directory / artifact.VALIDATION):
+            report = json.loads((directory / artifact.VALIDATION).read_bytes())
+            info["validation"] = {
+                "passed": bool(report["passed"]),
+                "provider": str(report["onnxruntime"]["provider"]),
+                "cases": len(report["cases"]),
+                "max_abs_error": {str(v["output"]): v["max_abs_error"] for v in report["outputs"]},
+            }
     return info
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Any error while reading ``path`` (that the manifest check let through: a manifest can be
+    recomputed over any content) becomes an `ArtifactError` naming it."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except Exception as error:  # json, onnx, TensorFlow and protobuf errors, OSError, KeyError, TypeError
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{path}: not a readable {path.name} ({type(error).__name__}{': ' + reason if reason else ''})") from None
 
 
 def _signatures(path: Path) -> dict:
@@ -96,7 +116,7 @@ def _onnx(path: Path) -> dict:
         "outputs": values(model.graph.output),
         "nodes": len(model.graph.node),
         "ops": dict(sorted(histogram.items(), key=lambda item: (-item[1], item[0]))),
-        "metadata": {p.key: p.value for p in model.metadata_props if p.key != "focalgraph.spec"},
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key != artifact.SPEC_METADATA},
     }
 
 

@@ -7,6 +7,8 @@ options take a Python sequence or a comma-separated string (``"0.25,0.5,1"``).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from export.errors import UsageError
@@ -30,6 +32,7 @@ SPEC_OPTIONS = {
     "dtype": "dtype",
 }
 LIST_OPTIONS = ("gamma", "alpha", "class_weight", "class_counts")
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; this bounds what --spec reads
 # A spec file holds every value, derived ones included (to_json writes them out). Overriding a
 # field drops the file's values that were derived from it or only make sense with it, unless
 # they are overridden too: --from-logits on a probabilities spec drops its epsilon, and new
@@ -86,7 +89,13 @@ def _spec_fields(spec) -> dict:
         return {key: value for key, value in spec.to_dict().items()}
     path = Path(spec)
     try:
-        text = path.read_text()
+        with open(path, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # /dev/zero would never end
+                raise UsageError(f"--spec: {path} is not a regular file")
+            data = file.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise UsageError(f"--spec: {path} is larger than {MAX_SPEC_BYTES >> 10} KiB; not a spec file")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--spec: cannot read {path} ({error.strerror if isinstance(error, OSError) else error})") from None
     try:

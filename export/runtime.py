@@ -134,13 +134,13 @@ class LossSession:
         from pathlib import Path
 
         from export import artifact
-        from focal_graph.spec import FocalSpec
 
         path = Path(path)
         if path.is_dir():
             self.spec = artifact.loss_artifact(path, onnx=True)
             model = path / artifact.ONNX
         elif path.is_file():
+            artifact.check_self_contained(path)
             model = path
             self.spec = None
         else:
@@ -153,8 +153,8 @@ class LossSession:
         except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...
             raise UsageError(f"{model}: ONNX Runtime cannot load it ({type(error).__name__})") from None
         if self.spec is None:  # a bare model.onnx carries its spec in the metadata
-            text = self.runtime.session.get_modelmeta().custom_metadata_map.get("focalgraph.spec")
-            self.spec = FocalSpec.from_json(text) if text else None
+            text = self.runtime.session.get_modelmeta().custom_metadata_map.get(artifact.SPEC_METADATA)
+            self.spec = artifact.spec_from_metadata(text, model) if text else None
         names = self.runtime.input_names
         if len(names) != 2 or "per_sample" not in self.runtime.output_names:
             raise UsageError(f"{model}: not a focalgraph loss (inputs {names}, outputs {self.runtime.output_names})")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
+import zipfile
+import zlib
 from pathlib import Path
 
-from export import artifact
+from export import artifact, writing
 from export.cases import Case, generate, load_reference, parse_shapes
 from export.compare import TOLERANCES, compare
-from export.errors import ArtifactError, UsageError
-from export.runtime import check_provider, open_session
+from export.errors import ArtifactError, ProviderError, UsageError
+from export.runtime import RuntimeSession, check_provider, open_session
 from focal_graph.spec import FocalSpec
 
 FORMS = artifact.FORMS
@@ -34,14 +35,15 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         atol, rtol: an element fails only where it exceeds both; defaults per dtype
             (`export.compare.TOLERANCES`).
         reference_only: compare with ``reference.npz`` instead of running TensorFlow.
-        report: a path to write the report to as JSON.
+        report: a path to write the report to as JSON (outside the artifact; see
+            `export.writing.check_outputs`).
 
-    Raises `ArtifactError` when the files do not match the manifest, `UsageError` on bad options.
+    Raises `ArtifactError` when the files do not match the manifest or cannot be read,
+    `UsageError` on bad options, `OutputError` when the report cannot be written.
     """
     directory = Path(artifact_dir)
     check_provider(provider)
-    if report is not None:
-        check_report_path(report, directory)
+    report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory})["--report"]
     spec = artifact.loss_artifact(directory, onnx=True)
     atol, rtol = tolerances(spec, atol, rtol)
     if reference_only:
@@ -49,39 +51,41 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
             raise UsageError("--shapes: not with --reference-only (the stored inputs are the reference's)")
         try:
             cases, expected = load_reference(directory / artifact.REFERENCE, spec, FORMS)
-        except (OSError, ValueError, KeyError) as error:
-            raise ArtifactError(f"{directory / artifact.REFERENCE}: unreadable ({error})") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            reason = (error.strerror if isinstance(error, OSError) else None) or error
+            raise ArtifactError(f"{directory / artifact.REFERENCE}: unreadable ({type(error).__name__}: {reason})") from None
         source = artifact.REFERENCE
     else:
         cases = generate(spec, None if shapes is None else parse_shapes(spec, shapes))
         from export import tensorflow_reference
 
         if (directory / artifact.SAVED_MODEL).is_dir():
-            expected = tensorflow_reference.outputs_from_saved_model(directory / artifact.SAVED_MODEL, cases)
+            try:
+                expected = tensorflow_reference.outputs_from_saved_model(directory / artifact.SAVED_MODEL, cases)
+            except Exception as error:  # TensorFlow's OpError, OSError for a file it cannot parse, ...
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                raise ArtifactError(f"{directory / artifact.SAVED_MODEL}: TensorFlow cannot load or run it ({reason})") from None
             source = "TensorFlow: " + artifact.SAVED_MODEL
         else:
             expected = tensorflow_reference.outputs_from_spec(spec, cases)
             source = "TensorFlow: graph rebuilt from " + artifact.SPEC
-    result = run(directory / artifact.ONNX, spec, cases, expected, provider=provider, atol=atol, rtol=rtol, source=source)
+    session = _session(directory / artifact.ONNX, provider)
+    result = run(session, spec, cases, expected, provider=provider, atol=atol, rtol=rtol, source=source)
     result["artifact"] = str(directory)
     if report is not None:
-        try:
-            artifact.write_json_atomically(report, result)
-        except OSError as error:
-            raise UsageError(f"--report: cannot write {report} ({error.strerror})") from None
+        writing.write_atomically("--report", report, artifact.json_bytes(result))
     return result
 
 
-def check_report_path(report, artifact_dir: Path) -> None:
-    """A `UsageError` unless ``report`` names a new or plain file in a writable directory, outside
-    the artifact (a file added there would fail the next manifest check)."""
-    path = Path(os.path.abspath(report))
-    if path.is_dir() or str(report).endswith(os.sep) or not path.name:
-        raise UsageError(f"--report: {report} is a directory; name a file")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--report: {path.parent} is not a writable directory")
-    if Path(os.path.abspath(artifact_dir)) in path.parents:
-        raise UsageError(f"--report: {report} is inside the artifact; write the report elsewhere")
+def _session(model: Path, provider: str) -> RuntimeSession:
+    """An ONNX Runtime session for an artifact's model, or `ArtifactError` naming the file."""
+    try:
+        return open_session(model, provider)
+    except ProviderError:
+        raise
+    except Exception as error:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ArtifactError(f"{model}: ONNX Runtime cannot load it ({reason})") from None
 
 
 def tolerances(spec: FocalSpec, atol, rtol) -> tuple[float, float]:
@@ -97,8 +101,9 @@ def tolerances(spec: FocalSpec, atol, rtol) -> tuple[float, float]:
 
 def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: str, atol: float, rtol: float,
         source: str) -> dict:
-    """Run ONNX Runtime on every case and compare with ``expected``; returns the report."""
-    session = open_session(model, provider)
+    """Run ONNX Runtime on every case and compare with ``expected``; returns the report.
+    ``model``: a path, or a session already open on ``provider``."""
+    session = model if isinstance(model, RuntimeSession) else open_session(model, provider)
     actual, failures = {}, []
     for case in cases:
         try:

@@ -18,6 +18,48 @@ PerClass = Union[float, tuple[float, ...]]
 REDUCTIONS = ("none", "sum", "mean")
 KERAS_EPSILON = 1e-7  # Keras's backend epsilon: the default probability clip, the seeds' too
 DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Per-class values become constants of the loss's compute type, float32 for float16, bfloat16 and
+# float32 losses: a larger one would be inf there (and none is useful in float64 either).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def numbers(name: str, value, *, expected: str = "a number or a list of numbers") -> np.ndarray:
+    """``value`` (a number, a list of them, or a numeric array) as a float64 array, or a ValueError
+    naming ``name``. A bool, a string or bytes is not a number here, though numpy would read
+    True as 1 and "2" as 2."""
+    if _all_numbers(value):
+        try:
+            return np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise ValueError(f"{name}: expected {expected}, got {shown(value)}")
+
+
+def _all_numbers(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_all_numbers(item) for item in value)
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    if hasattr(value, "__array__"):  # numpy arrays, tensors: by their dtype
+        try:
+            return np.asarray(value).dtype.kind in "iuf"
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def shown(value) -> str:
+    """``value`` as an error message shows it: ``-1.0``, not ``np.float64(-1.0)``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, (list, tuple)) and any(isinstance(item, np.generic) for item in value):
+        value = type(value)(item.item() if isinstance(item, np.generic) else item for item in value)
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def per_class(
@@ -29,11 +71,9 @@ def per_class(
     high: float = math.inf,
     allow_scalar: bool = True,
 ) -> PerClass:
-    """A scalar or one value per class, every value finite and in [low, high]."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number or a list of numbers, got {value!r}") from None
+    """A scalar or one value per class, every value finite, in [low, high] and within float32's
+    range."""
+    array = numbers(name, value)
     if array.ndim == 0 and allow_scalar:
         canonical: PerClass = float(array)
     elif array.ndim == 1 and array.size > 0:
@@ -44,11 +84,13 @@ def per_class(
         expected = "a number or a non-empty 1-D list" if allow_scalar else "a non-empty 1-D list (one value per class)"
         raise ValueError(f"{name}: expected {expected}, got shape {array.shape}")
     flat = np.atleast_1d(array)
-    bad = np.flatnonzero(~np.isfinite(flat) | (flat < low) | (flat > high))
+    bad = np.flatnonzero(~np.isfinite(flat) | (flat < low) | (flat > high) | (np.abs(flat) > FLOAT32_MAX))
     if bad.size:
         i = int(bad[0])
         where = "" if array.ndim == 0 else f" for class {i}"
-        raise ValueError(f"{name}: expected values in {_interval(low, high)}, got {flat[i]!r}{where}")
+        if np.isfinite(flat[i]) and low <= flat[i] <= high:
+            raise ValueError(f"{name}: {float(flat[i])!r}{where} is beyond float32's range (at most {FLOAT32_MAX:g})")
+        raise ValueError(f"{name}: expected values in {_interval(low, high)}, got {float(flat[i])!r}{where}")
     return canonical
 
 
@@ -65,7 +107,7 @@ def unit_float(name: str, value, *, low: float = 0.0, high: float = 1.0, open_lo
         or (open_high and number == high)
     ):
         lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
-        raise ValueError(f"{name}: expected a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+        raise ValueError(f"{name}: expected a number in {lo}{low:g}, {high:g}{hi}, got {shown(value)}")
     return number
 
 
@@ -79,18 +121,20 @@ def label_smoothing(value) -> float:
 
 
 def reduction(value) -> str:
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {value!r}")
+    if not isinstance(value, str) or value not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {shown(value)}")
     return value
 
 
-def integer(name: str, value, *, minimum: int | None = None) -> int:
+def integer(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
+        raise ValueError(f"{name}: expected an integer, got {shown(value)}")
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name}: expected an integer from {minimum} to {maximum}, got {shown(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {shown(value)}")
     if not -(2**63) <= value < 2**63:  # every integer ends up in an int64 tensor
-        raise ValueError(f"{name}: expected a 64-bit integer, got {value!r}")
+        raise ValueError(f"{name}: expected a 64-bit integer, got {shown(value)}")
     return int(value)
 
 

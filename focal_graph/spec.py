@@ -12,14 +12,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
+
 from focal_graph import params
-from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts
+from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts, class_weights
 
 VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
 PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
 # Losses whose predictions are per-class independent probabilities (sigmoid), not one softmax.
 MULTI_LABEL = {("variant", "sigmoid"), ("preset", "multilabel_lsr"), ("preset", "multi_category")}
 SPEC_VERSION = 1
+MAX_RANK = 8  # TensorFlow's broadcasting kernels (SelectV2, ...) stop at rank 8
 
 # Which optional fields each loss takes, and their defaults. Fields not listed for a loss must be
 # left unset: a parameter that would be silently ignored is a configuration error.
@@ -66,7 +69,7 @@ class FocalSpec:
       per class only). ``class_counts`` (with ``weighting`` and ``beta``) derives ``class_weight``.
     - ``from_logits``, ``label_smoothing``, ``ignore_index``, ``epsilon`` (probability clip),
       ``reduction`` (``none`` | ``sum`` | ``mean``).
-    - ``rank``: rank of the predictions, class axis included (>= 2); ``dtype`` of the predictions.
+    - ``rank``: rank of the predictions, class axis included (2 to 8); ``dtype`` of the predictions.
 
     Invalid values raise a ValueError naming the field.
     """
@@ -176,8 +179,8 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         if values[name] is None:
             raise ValueError(f"{name}: required by {kind[0]} {kind[1]!r}")
     for name, fixed in _FIXED.get(kind, {}).items():
-        if values[name] is not None and values[name] != fixed:
-            raise ValueError(f"{name}: {kind[0]} {kind[1]!r} is defined with {name}={fixed}, got {values[name]!r}")
+        if values[name] is not None and values[name] is not fixed:
+            raise ValueError(f"{name}: {kind[0]} {kind[1]!r} is defined with {name}={fixed}, got {params.shown(values[name])}")
 
     out = dict(values)
     for name, default in _DEFAULTS[kind].items():
@@ -186,12 +189,12 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
     if out["gamma"] is None:
         out["gamma"] = 2.0
 
-    out["rank"] = params.integer("rank", out["rank"], minimum=2)
-    if out["dtype"] not in params.DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {out['dtype']!r}")
+    out["rank"] = params.integer("rank", out["rank"], minimum=2, maximum=MAX_RANK)
+    if not isinstance(out["dtype"], str) or out["dtype"] not in params.DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {params.shown(out['dtype'])}")
     out["reduction"] = params.reduction(out["reduction"])
     if not isinstance(out["from_logits"], bool):
-        raise ValueError(f"from_logits: expected true or false, got {out['from_logits']!r}")
+        raise ValueError(f"from_logits: expected true or false, got {params.shown(out['from_logits'])}")
 
     if out["num_classes"] is not None:
         out["num_classes"] = params.integer("num_classes", out["num_classes"], minimum=1)
@@ -215,17 +218,19 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         if num_classes is not None and len(counts) != num_classes:
             raise ValueError(f"class_counts: expected {num_classes} counts (one per class), got {len(counts)}")
         num_classes = len(counts)
-        out["class_counts"] = tuple(int(c) if isinstance(c, int) and not isinstance(c, bool) else float(c) for c in out["class_counts"])
+        out["class_counts"] = tuple(int(c) if isinstance(c, (int, np.integer)) else float(c) for c in out["class_counts"])
         if kind[0] == "variant":
             out["weighting"] = out["weighting"] or "inverse_frequency"
-            if out["weighting"] not in WEIGHTINGS:
-                raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {out['weighting']!r}")
+            if not isinstance(out["weighting"], str) or out["weighting"] not in WEIGHTINGS:
+                raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {params.shown(out['weighting'])}")
             if out["weighting"] == "effective_number":
                 out["beta"] = 0.999 if out["beta"] is None else out["beta"]
                 check_beta(out["beta"])
                 out["beta"] = float(out["beta"])
             elif out["beta"] is not None:
                 raise ValueError("beta: applies only with weighting 'effective_number'")
+        # the weights the graph will use must be numbers: counts like 1e308, 1e308 overflow their sum
+        class_weights(counts, out["weighting"] or "inverse_frequency", 0.999 if out["beta"] is None else out["beta"])
     elif out["weighting"] is not None or out["beta"] is not None:
         name = "weighting" if out["weighting"] is not None else "beta"
         raise ValueError(f"{name}: applies only with class_counts")

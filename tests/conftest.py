@@ -22,3 +22,15 @@ def rng(request):
     # One stream per test, stable across runs and independent of test order. crc32, not hash():
     # str hashes change with every process (PYTHONHASHSEED), which made the data differ per run.
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(tmp_path_factory):
+    """A small sparse-softmax artifact, ONNX only (no SavedModel, not validated: quick to make).
+    Tests that change it work on a copy."""
+    from export.exporter import export
+    from focal_graph.spec import FocalSpec
+
+    out = tmp_path_factory.mktemp("onnx-artifact") / "sparse"
+    export(out, spec=FocalSpec(variant="sparse_softmax", ignore_index=-1), format="onnx", validate=False, provider="cpu")
+    return out

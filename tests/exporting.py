@@ -47,3 +47,63 @@ def load_json(path):
 def assert_close(got, want, *, rtol, atol, what=""):
     np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=rtol, atol=atol,
                                err_msg=what)
+
+
+class Ran:
+    """What one in-process command run gave: ``returncode``, ``stdout``, ``stderr``."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(*args) -> Ran:
+    """Run ``focalgraph ARGS`` in this process (no interpreter start-up): the exit code, and what
+    it printed. An exception that escapes ``main`` is recorded as a traceback on stderr, which is
+    what the command line would have printed. Signal handlers are restored afterwards."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    from export.cli import main
+
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP")}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main([str(arg) for arg in args])
+    except BaseException:  # noqa: BLE001 -- anything that escapes is a failure to report, as a traceback
+        stderr.write("Traceback (most recent call last):\n" + traceback.format_exc())
+        code = 1
+    finally:
+        for name, handler in handlers.items():
+            signal.signal(getattr(signal, name), handler)
+    return Ran(code, stdout.getvalue(), stderr.getvalue())
+
+
+def one_line_error(result, command: str, code: int = 2) -> str:
+    """Assert ``result`` failed with ``code`` and exactly one line on stderr,
+    ``focalgraph COMMAND: error: ...``, and no traceback; returns that line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr)
+    assert lines[0].startswith(f"focalgraph {command}: error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def snapshot(root) -> dict:
+    """Every entry under ``root``: relative path -> (kind, mode, size, content hash), to prove
+    that a command changed nothing it should not have."""
+    import hashlib
+
+    entries = {}
+    root = Path(root)
+    for path in sorted(root.rglob("*")):
+        stat = path.lstat()
+        if path.is_symlink():
+            entries[path.relative_to(root).as_posix()] = ("link", os.readlink(path))
+        elif path.is_dir():
+            entries[path.relative_to(root).as_posix()] = ("dir", stat.st_mode)
+        else:
+            content = hashlib.sha256(path.read_bytes()).hexdigest() if stat.st_mode & 0o444 else None
+            entries[path.relative_to(root).as_posix()] = ("file", stat.st_mode, stat.st_size, content)
+    return entries

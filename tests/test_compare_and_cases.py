@@ -6,7 +6,7 @@ import pytest
 from export.cases import default_shapes, dimension_names, generate, parse_shapes
 from export.compare import compare
 from export.errors import UsageError
-from focal_graph.spec import FocalSpec
+from focal_graph.spec import MAX_RANK, FocalSpec
 
 
 def verdict(expected, actual, atol=1e-5, rtol=1e-5):
@@ -132,7 +132,7 @@ def test_invalid_labels_and_non_finite_predictions_are_cases():
 
 
 def test_large_rank_keeps_cases_small():
-    shapes = default_shapes(FocalSpec(variant="softmax", rank=12))
+    shapes = default_shapes(FocalSpec(variant="softmax", rank=MAX_RANK))
     assert max(int(np.prod(shape)) for shape in shapes) <= 33 * 5
 
 

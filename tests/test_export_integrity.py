@@ -11,7 +11,7 @@ import pytest
 
 from exporting import exported, load_json, run_cli
 from export import artifact
-from export.errors import ArtifactError, ConversionError, UsageError
+from export.errors import ArtifactError, ConversionError, OutputError, UsageError
 from export.exporter import export
 from export.validation import validate
 from focal_graph.spec import FocalSpec
@@ -214,7 +214,7 @@ def test_force_replaces_only_an_artifact_or_an_empty_directory(tmp_path):
     keep = tmp_path / "notes"
     keep.mkdir()
     (keep / "thesis.txt").write_text("precious")
-    with pytest.raises(UsageError, match="not a focalgraph artifact and not empty"):
+    with pytest.raises(UsageError, match="thesis.txt was not written by focalgraph"):
         export(keep, variant="softmax", force=True, provider="cpu")
     assert (keep / "thesis.txt").read_text() == "precious"
 
@@ -230,17 +230,17 @@ def test_out_that_cannot_be_an_artifact_is_a_usage_error(copy, monkeypatch, wher
 
 def test_a_failure_between_the_two_renames_puts_the_old_artifact_back(copy, monkeypatch):
     before = load_json(copy / "manifest.json")
-    real_replace = os.replace
+    real_rename = os.rename
     calls = []
 
-    def failing_second_replace(source, target):
+    def failing_second_rename(source, target):
         calls.append(target)
         if len(calls) == 2:
             raise OSError("simulated failure between the renames")
-        return real_replace(source, target)
+        return real_rename(source, target)
 
-    monkeypatch.setattr(os, "replace", failing_second_replace)
-    with pytest.raises(OSError, match="simulated"):
+    monkeypatch.setattr(os, "rename", failing_second_rename)
+    with pytest.raises(OutputError, match="simulated"):
         export(copy, variant="softmax", force=True, provider="cpu", validate=False)
     monkeypatch.undo()
     assert load_json(copy / "manifest.json") == before
