@@ -11,6 +11,10 @@ Importing the package is cheap and loads neither TensorFlow nor onnxruntime. The
   check and atomic writes every command uses; `export.cases`: validation inputs;
   `export.compare`: element-wise verdicts; `export.runtime`: ONNX Runtime sessions, and
   ``LossSession`` / ``BatchLoss`` for evaluating a loss with ONNX Runtime alone.
+- `export.consistency`: whether an artifact's files (spec.json, the ONNX metadata and graph, the
+  SavedModel, reference.npz) describe one loss, using `export.formula`, a spec's loss as a
+  float64 numpy formula (no TensorFlow); `export.signing`: ``sign(...)`` / ``verify(...)``,
+  signatures of artifacts (the optional ``signing`` extra).
 - `export.evaluation`: ``evaluate(...)``, per-sample losses of files (no TensorFlow);
   `export.attach`: ``attach(...)``, a loss joined to a model's ONNX graph; `export.embed`:
   ``embed(...)`` / ``embed_keras(...)``, a model and its loss in one SavedModel;

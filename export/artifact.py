@@ -10,6 +10,7 @@ can verify and read an artifact.
       reference.npz    validation inputs and TensorFlow's outputs
       validation.json  the export run's parity report
       manifest.json    size and sha256 of every other file, versions, creation time
+      signature.sig    (after `focalgraph sign`) a signature of every other file
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ ONNX = "model.onnx"
 REFERENCE = "reference.npz"
 VALIDATION = "validation.json"
 MANIFEST = "manifest.json"
+# `focalgraph sign`'s signature of every other file: outside the manifest (which it signs), so the
+# manifest check accepts it unlisted; `export.signing` checks it.
+SIGNATURE = "signature.sig"
 MANIFEST_VERSION = 1
 SPEC_METADATA = "focalgraph.spec"  # the ONNX metadata key that holds the spec's JSON
 # The loss's forms: the ONNX model's outputs in this order, one SavedModel signature each.
@@ -76,7 +80,7 @@ def write_manifest(directory: Path, spec_name: str, details: dict | None = None)
     files = {
         name: {"size": (directory / name).stat().st_size, "sha256": sha256(directory / name)}
         for name in _files(directory)
-        if name != MANIFEST
+        if name not in (MANIFEST, SIGNATURE)
     }
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -164,7 +168,7 @@ def verify(directory) -> dict:
             raise ArtifactError(f"{file}: {size} bytes, {MANIFEST} says {entry['size']} (truncated or edited)")
         if digest != entry["sha256"]:
             raise ArtifactError(f"{file}: sha256 differs from {MANIFEST} (edited)")
-    extra = [name for name in present if name != MANIFEST and name not in files]
+    extra = [name for name in present if name not in (MANIFEST, SIGNATURE) and name not in files]
     if extra:
         raise ArtifactError(f"{directory / extra[0]}: not listed in {MANIFEST} (added after export)")
     return manifest

@@ -18,6 +18,7 @@ from onnx import compose, version_converter
 
 from export import artifact, writing
 from export.cases import dimension_names
+from export.consistency import confirm_loss
 from export.errors import ConversionError, UsageError
 from focal_graph.spec import FocalSpec
 
@@ -33,6 +34,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     destination = writing.check_outputs({"--out": out}, {"--model": model, "--loss": loss}, replace=force)["--out"]
     network = _load("--model", model)
     spec, loss_model = _load_loss(loss)
+    confirm_loss(loss, spec, loss_model.SerializeToString())  # the spec names the inputs: it must be the graph's
     outputs = {value.name: value for value in network.graph.output}
     if output not in outputs:
         raise UsageError(f"--output: {output!r} is not an output of {model} (outputs: {', '.join(outputs)})")

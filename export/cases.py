@@ -300,17 +300,45 @@ def save_reference(path, cases: list[Case], outputs: dict) -> None:
 
 
 def load_reference(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
-    """The cases and outputs `save_reference` wrote; raises ValueError on a malformed file."""
+    """The cases and outputs `save_reference` wrote, the inputs named as ``spec`` names them, the
+    realistic case regenerated from its seed; raises ValueError (KeyError where an input or form is
+    missing) on a malformed file."""
+    stored, outputs = read_reference(path, forms)
+    cases = [Case(case.name, {key: case.inputs[key] for key in spec.input_names}) for case in stored]
+    realistic, realistic_outputs = read_realistic(path, spec, forms)
+    return cases + realistic, {**outputs, **realistic_outputs}
+
+
+def read_reference(path, forms) -> tuple[list[Case], dict]:
+    """The cases stored with their inputs, and their outputs, whatever spec they were written for:
+    a case's inputs are its arrays other than ``forms``, in the order they were written. The
+    realistic case (inputs regenerated from the spec) is left to `read_realistic`."""
     with np.load(path, allow_pickle=False) as data:
         names = [str(name) for name in data["case_names"]]
         cases, outputs = [], {}
         for number, name in enumerate(names):
             if name.startswith(REALISTIC_NAME + " "):
-                case = realistic_case(spec, int(name.rsplit(" ", 1)[1]))
-                if case.name != name:
-                    raise ValueError(f"case {name!r} does not match the spec's realistic shape ({case.name!r})")
-            else:
-                case = Case(name, {key: data[f"{number:03d}/{key}"] for key in spec.input_names})
+                continue
+            prefix = f"{number:03d}/"
+            keys = [key[len(prefix):] for key in data.files if key.startswith(prefix)]
+            cases.append(Case(name, {key: data[prefix + key] for key in keys if key not in forms}))
+            outputs[name] = {form: data[prefix + form] for form in forms}
+    return cases, outputs
+
+
+def read_realistic(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
+    """The realistic case(s) of the file, inputs regenerated from the seed in the name
+    (`realistic_case`), with their stored outputs (``Case.forms`` only); raises ValueError when
+    the name is not the one ``spec`` gives that seed."""
+    with np.load(path, allow_pickle=False) as data:
+        names = [str(name) for name in data["case_names"]]
+        cases, outputs = [], {}
+        for number, name in enumerate(names):
+            if not name.startswith(REALISTIC_NAME + " "):
+                continue
+            case = realistic_case(spec, int(name.rsplit(" ", 1)[1]))
+            if case.name != name:
+                raise ValueError(f"case {name!r} does not match the spec's realistic shape ({case.name!r})")
             cases.append(case)
             outputs[name] = {form: data[f"{number:03d}/{form}"] for form in forms if form in case.forms}
     return cases, outputs

@@ -34,6 +34,10 @@ _SPEC_OPTIONS = [
 _PROVIDER = click.option(
     "--provider", default="auto", show_default=True, help="ONNX Runtime execution provider: auto | cpu | cuda."
 )
+_PUBLIC_KEY = click.option(
+    "--public-key", type=click.Path(dir_okay=False),
+    help="Refuse the artifact unless its signature.sig verifies with this public key (PEM; needs focalgraph[signing]).",
+)
 
 
 def _set_verbose(context, parameter, value):
@@ -114,6 +118,7 @@ def export_defaults_command(out, no_validate, **options):
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: 1e-5 for float32).")
 @click.option("--reference-only", is_flag=True, help="Compare with reference.npz; does not import TensorFlow.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@_PUBLIC_KEY
 def validate_command(artifact, **options):
     """Run ONNX Runtime and TensorFlow (or the stored reference) and compare every output."""
     from export.validation import format_report, validate
@@ -127,12 +132,14 @@ def validate_command(artifact, **options):
 @_VERBOSE
 @click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect_command(artifact, as_json):
+@_PUBLIC_KEY
+def inspect_command(artifact, as_json, public_key):
     """Show an artifact's spec, signatures, ONNX interface and ops, after verifying its manifest."""
     from export.inspection import format_inspection, inspect
 
-    info = inspect(artifact)
+    info = inspect(artifact, public_key=public_key)
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
+    return 0 if info["consistency"]["passed"] else 1
 
 
 @cli.command("eval")
@@ -145,10 +152,12 @@ def inspect_command(artifact, as_json):
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch.")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
 @_PROVIDER
+@_PUBLIC_KEY
 def eval_command(artifact, **options):
     """Per-sample losses of a file of predictions with ONNX Runtime alone (no TensorFlow)."""
     from export.evaluation import evaluate, format_summary
 
+    _verify_signature(artifact, options.pop("public_key"))
     summary = evaluate(artifact, progress=sys.stdout.isatty(), **options)
     click.echo(format_summary(summary))
 
@@ -160,10 +169,12 @@ def eval_command(artifact, **options):
 @click.option("--loss", required=True, type=click.Path(), help="A loss artifact directory (or its model.onnx).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@_PUBLIC_KEY
 def attach_command(**options):
     """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""
     from export.attach import attach
 
+    _verify_signature(options["loss"], options.pop("public_key"))
     combined = attach(**options)
     inputs = ", ".join(i.name for i in combined.graph.input)
     outputs = ", ".join(o.name for o in combined.graph.output)
@@ -177,6 +188,7 @@ def attach_command(**options):
 @click.option("--loss", required=True, type=click.Path(file_okay=False), help="A loss artifact directory.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The SavedModel directory to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists (one embed wrote, or an empty directory).")
+@_PUBLIC_KEY
 def embed_command(**options):
     """One SavedModel: the model's inputs plus labels in, its outputs plus the per-sample loss out."""
     from export.embed import LOSS_OUTPUT, embed
@@ -200,6 +212,37 @@ def bench_command(artifacts, **options):
     sizes = options.pop("sizes") or DEFAULT_SIZES
     results = bench(artifacts or DEFAULT_ARTIFACTS, sizes=sizes, **options)
     click.echo(markdown(results))
+
+
+@cli.command("keygen")
+@_VERBOSE
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Private key file to write (PEM, mode 0600); the public key goes to OUT.pub.")
+def keygen_command(out):
+    """Make a key pair for `sign` (P-256; needs focalgraph[signing])."""
+    from export.signing import keygen
+
+    private, public = keygen(out)
+    click.echo(f"wrote {private} (private: keep it secret) and {public} (public: give it to whoever verifies)")
+
+
+@cli.command("sign")
+@_VERBOSE
+@click.argument("artifact", type=click.Path())
+@click.option("--key", required=True, type=click.Path(dir_okay=False), help="The private key (PEM) to sign with.")
+def sign_command(artifact, key):
+    """Sign every file of an artifact into its signature.sig (after its own checks; needs focalgraph[signing])."""
+    from export.signing import sign
+
+    click.echo(f"wrote {sign(artifact, key)}")
+
+
+def _verify_signature(artifact, public_key) -> None:
+    """--public-key for the commands whose library functions do not take it (eval, attach)."""
+    if public_key is not None:
+        from export.signing import verify
+
+        verify(artifact, public_key)
 
 
 def _exported(result) -> str:

@@ -1,28 +1,45 @@
 """``embed``: one SavedModel that runs a model and its loss: the model's inputs plus labels in,
-the model's outputs plus the per-sample loss out (``serving_default``)."""
+the model's outputs plus the per-sample loss out (``serving_default``).
+
+The loss is the artifact's own TensorFlow graph (its SavedModel's ``per_sample`` signature),
+not a rebuild from ``spec.json``, and only once the artifact's files agree on the loss
+(`export.consistency`, with the SavedModel run on the stored inputs): an edited ``spec.json``
+is refused, naming it. An artifact exported without a SavedModel has only its spec to build
+TensorFlow's graph from, confirmed the same way against its ONNX model and reference outputs.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from export import artifact, writing
-from export.errors import UsageError
+from export import artifact, consistency, writing
+from export.errors import ArtifactError, UsageError
 from export.quiet import import_tensorflow, silenced_stderr
 from focal_graph.spec import FocalSpec
 
 LOSS_OUTPUT = "per_sample_loss"
+LOSS_SIGNATURE = "per_sample"  # the artifact SavedModel's signature embed calls
 tf = import_tensorflow()  # this module is TensorFlow's side; the command line imports it only for embed
 
 
-def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature: str = "serving_default") -> Path:
+def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature: str = "serving_default",
+          public_key=None) -> Path:
     """Write to ``out`` a SavedModel whose ``serving_default`` takes the inputs of
     ``savedmodel``'s ``signature`` plus the loss's labels (``labels`` or ``targets``), and returns
     that signature's outputs plus ``per_sample_loss``: the loss at ``loss`` (an artifact
-    directory) applied to the output ``output``. All or nothing, like ``export``."""
-    spec = _loss_spec(loss)
+    directory) applied to the output ``output``. All or nothing, like ``export``.
+
+    ``public_key``: refuse the loss artifact unless its signature verifies with this public key
+    (`export.signing.verify`). Raises `ArtifactError` for a loss artifact whose files disagree.
+    """
     destination = writing.check_outputs({"--out": out}, {"--loss": loss, "--savedmodel": savedmodel}, directory=True,
                                         force=force)["--out"]
+    if public_key is not None:
+        from export import signing
+
+        signing.verify(loss, public_key)
+    spec, loss_function = _loss(loss)
     try:
         with silenced_stderr():
             loaded = tf.saved_model.load(str(savedmodel))
@@ -42,9 +59,9 @@ def embed(*, savedmodel, output: str, loss, out, force: bool = False, signature:
     if LOSS_OUTPUT in outputs:
         raise UsageError(f"--savedmodel: the model already has an output named {LOSS_OUTPUT!r}")
 
-    from focal_graph.graph import SpecLoss, input_signature
+    from focal_graph.graph import input_signature
 
-    module = _Embedded(loaded, signature, SpecLoss(spec), output, true_name)
+    module = _Embedded(loaded, signature, loss_function, output, spec.input_names, spec.sparse)
     label_spec = input_signature(spec)[0]
     specs = {name: tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in inputs.items()}
     # Sparse labels of any rank: (N, 1) works in training (the Keras wrapper squeezes it) and must
@@ -70,20 +87,26 @@ def embed_keras(model, *, loss, out, output: str | None = None, force: bool = Fa
 
 
 class _Embedded(tf.Module):
-    """The model's signature, then the loss on one of its outputs. Holding the loaded SavedModel
-    as an attribute makes tf.saved_model.save keep its variables."""
+    """The model's signature, then the loss on one of its outputs. Holding the loaded SavedModels
+    as attributes makes tf.saved_model.save keep their variables and functions."""
 
-    def __init__(self, loaded, signature: str, loss, output: str, true_name: str):
+    def __init__(self, loaded, signature: str, loss, output: str, input_names: tuple[str, str], sparse: bool):
         super().__init__()
         self.model = loaded
-        self._signature, self._loss, self._output, self._true_name = signature, loss, output, true_name
+        self.loss = loss  # the loss artifact's loaded SavedModel, or (without one) a SpecLoss
+        self._signature, self._output, self._input_names, self._sparse = signature, output, input_names, sparse
 
     def __call__(self, **inputs):
-        labels = inputs.pop(self._true_name)
+        true_name, prediction_name = self._input_names
+        labels = inputs.pop(true_name)
         outputs = self.model.signatures[self._signature](**inputs)
-        if self._loss.sparse:
-            labels = _labels_as_in_training(labels, outputs[self._output])
-        return {**outputs, LOSS_OUTPUT: self._loss.forms(labels, outputs[self._output])["per_sample"]}
+        predictions = outputs[self._output]
+        if self._sparse:
+            labels = _labels_as_in_training(labels, predictions)
+        if hasattr(self.loss, "signatures"):
+            loss = self.loss.signatures[LOSS_SIGNATURE](**{true_name: labels, prediction_name: predictions})
+            return {**outputs, LOSS_OUTPUT: loss[LOSS_SIGNATURE]}
+        return {**outputs, LOSS_OUTPUT: self.loss.forms(labels, predictions)["per_sample"]}
 
 
 def _labels_as_in_training(labels, logits):
@@ -100,11 +123,40 @@ def _labels_as_in_training(labels, logits):
     return labels
 
 
-def _loss_spec(path) -> FocalSpec:
+def _loss(path) -> tuple[FocalSpec, object]:
+    """The loss artifact's spec and TensorFlow loss: its SavedModel, loaded, once its files are
+    confirmed to agree (the SavedModel on the stored inputs among them); without a SavedModel, the
+    spec's graph, once the spec is confirmed against the ONNX model and the stored outputs."""
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"--loss: {path} is not an artifact directory")
-    return artifact.loss_artifact(path)
+    spec = artifact.loss_artifact(path)
+    saved_model_path = path / artifact.SAVED_MODEL
+    if not saved_model_path.is_dir():
+        consistency.confirm_artifact(path, spec)
+        from focal_graph.graph import SpecLoss
+
+        return spec, SpecLoss(spec)
+    try:
+        with silenced_stderr():
+            loaded = tf.saved_model.load(str(saved_model_path))
+        function = loaded.signatures[LOSS_SIGNATURE]
+    except Exception as error:  # TF's errors for a SavedModel it cannot load, KeyError for a missing signature
+        raise ArtifactError(f"{saved_model_path}: not a loss SavedModel with a {LOSS_SIGNATURE!r} signature "
+                            f"({type(error).__name__})") from None
+
+    def forms(inputs, forms_wanted):
+        with silenced_stderr():
+            result = function(**{name: tf.constant(value) for name, value in inputs.items()})
+        return {form: result[form].numpy() for form in forms_wanted}
+
+    cases, _ = consistency.stored_cases(path)
+    # per_sample only (the form embed uses) on the cases of the first stored shape (random values
+    # and every edge case): XLA compiles once per signature and shape, about 0.3 s each here
+    cases = [case for case in cases if case.shape == cases[0].shape]
+    witness = consistency.saved_model_witness(forms, cases, forms=(LOSS_SIGNATURE,))
+    consistency.confirm_artifact(path, spec, saved_model=witness)
+    return spec, loaded
 
 
 def _check_compatible(spec: FocalSpec, output_spec, name: str) -> None:

@@ -1,6 +1,8 @@
-"""``inspect``: what an artifact holds, after checking it against its manifest.
+"""``inspect``: what an artifact holds, after checking it against its manifest (and, with a
+public key, its signature), and whether its files agree on the loss (`export.consistency`).
 
-Needs onnx; TensorFlow only to list the SavedModel's signatures (skipped, and said so, without it).
+Needs onnx and onnxruntime; TensorFlow only to list the SavedModel's signatures (skipped, and said
+so, without it).
 """
 
 from __future__ import annotations
@@ -10,15 +12,25 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from export import artifact
+from export import artifact, consistency
 from export.errors import ArtifactError
 
 
-def inspect(artifact_dir) -> dict:
-    """The artifact's spec, manifest, SavedModel signatures, ONNX interface and validation.
-    Raises `ArtifactError` naming the first file that does not match the manifest or cannot be
-    read as what it should be."""
+def inspect(artifact_dir, *, public_key=None) -> dict:
+    """The artifact's spec, manifest, signature, SavedModel signatures, ONNX interface,
+    validation at export, and whether its files agree on the loss (``consistency``: spec.json,
+    the ONNX metadata and graph and reference.npz, without TensorFlow).
+
+    ``public_key``: refuse the artifact unless its signature verifies with this public key
+    (`export.signing.verify`). Raises `ArtifactError` for an unsigned artifact or one whose
+    signature does not verify, and naming the first file that does not match the manifest or
+    cannot be read as what it should be.
+    """
     directory = Path(artifact_dir)
+    if public_key is not None:
+        from export import signing
+
+        signing.verify(directory, public_key)
     spec = artifact.loss_artifact(directory)
     manifest = artifact.read_manifest(directory / artifact.MANIFEST)
     info = {
@@ -30,6 +42,10 @@ def inspect(artifact_dir) -> dict:
             "bytes": sum(entry["size"] for entry in manifest["files"].values()),
             "created": manifest["created"],
             "versions": manifest["versions"],
+        },
+        "signature": {
+            "file": artifact.SIGNATURE if (directory / artifact.SIGNATURE).is_file() else None,
+            "verified_with": None if public_key is None else str(public_key),
         },
     }
     if (directory / artifact.SAVED_MODEL).is_dir():
@@ -47,6 +63,7 @@ def inspect(artifact_dir) -> dict:
                 "cases": len(report["cases"]),
                 "max_abs_error": {str(v["output"]): v["max_abs_error"] for v in report["outputs"]},
             }
+    info["consistency"] = _agreement(directory, spec)
     return info
 
 
@@ -61,6 +78,14 @@ def _reading(path: Path):
     except Exception as error:  # json, onnx, TensorFlow and protobuf errors, OSError, KeyError, TypeError
         reason = (str(error).strip().splitlines() or [""])[0][:200]
         raise ArtifactError(f"{path}: not a readable {path.name} ({type(error).__name__}{': ' + reason if reason else ''})") from None
+
+
+def _agreement(directory: Path, spec) -> dict:
+    """`export.consistency.check_artifact` without TensorFlow, as passed, the disagreeing files
+    and the message; inspect shows what is there even when the files disagree."""
+    report = consistency.check_artifact(directory, spec)
+    return {key: report[key] for key in ("passed", "files", "message", "inputs")} | {
+        "witnesses": [witness["name"] for witness in report["witnesses"]]}
 
 
 def _signatures(path: Path) -> dict:
@@ -130,6 +155,12 @@ def format_inspection(info: dict) -> str:
         f"  manifest: verified, {manifest['files']} files, {manifest['bytes']} bytes, created {manifest['created']}",
         "  versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
     ]
+    signature = info.get("signature", {})
+    if signature.get("verified_with"):
+        lines.append(f"  signature: {signature['file']} verified with {signature['verified_with']}")
+    else:
+        lines.append(f"  signature: {signature['file']} (not checked: pass --public-key)" if signature.get("file")
+                     else "  signature: none (the manifest guards against damage, not against edits: see focalgraph sign)")
     if "saved_model" in info:
         lines.append("  SavedModel signatures:")
         signatures = info["saved_model"]
@@ -153,6 +184,11 @@ def format_inspection(info: dict) -> str:
         validation = info["validation"]
         verdict = "PASS" if validation["passed"] else "FAIL"
         lines.append(f"  validation at export: {verdict} on {validation['provider']}, {validation['cases']} cases")
+    if "consistency" in info:
+        agreement = info["consistency"]
+        checked = ", ".join(agreement["witnesses"])
+        lines.append(f"  files agree on the loss ({checked}; on {agreement['inputs']})" if agreement["passed"]
+                     else f"  FILES DISAGREE: {Path(info['artifact']) / agreement['files'][0]}: {agreement['message']}")
     return "\n".join(lines)
 
 

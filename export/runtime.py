@@ -159,6 +159,9 @@ class LossSession:
         if len(names) != 2 or "per_sample" not in self.runtime.output_names:
             raise UsageError(f"{model}: not a focalgraph loss (inputs {names}, outputs {self.runtime.output_names})")
         self.input_names = tuple(names)
+        from export.consistency import confirm_loss
+
+        confirm_loss(path, self.spec)  # spec.json or the metadata, read by eval's summary, must be this graph's
 
     @property
     def provider(self) -> str:

@@ -51,17 +51,26 @@ def save_saved_model(spec: FocalSpec, path: Path, xla: bool = True) -> None:
 
 def outputs_from_saved_model(path: Path, cases: list[Case]) -> dict:
     """``{case name: {form: array}}`` from the SavedModel's signatures."""
+    run = saved_model_forms(path)
+    return {case.name: run(case.inputs, case.forms) for case in cases}
+
+
+def saved_model_forms(path: Path):
+    """The SavedModel at ``path``, loaded once, as ``run(inputs, forms=FORMS) -> {form: array}``
+    (one signature per form; ``inputs`` by name). Loading once matters: XLA compiles each
+    signature once per input shape and loaded object."""
     tf = _tensorflow_for_parity()
-    with silenced_stderr():  # XLA logs its first compilation at INFO level
+    with silenced_stderr():
         loaded = tf.saved_model.load(str(path))
-        functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
-        return {
-            case.name: {
-                form: function(**{k: tf.constant(v) for k, v in case.inputs.items()})[form].numpy()
-                for form, function in functions.items() if form in case.forms
-            }
-            for case in cases
-        }
+    functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
+
+    def run(inputs: dict, forms=FORMS) -> dict:
+        with silenced_stderr():  # XLA logs its first compilation at INFO level
+            tensors = {name: tf.constant(value) for name, value in inputs.items()}
+            return {form: functions[form](**tensors)[form].numpy() for form in forms}
+
+    run.loaded = loaded  # the signatures need the loaded object alive
+    return run
 
 
 def forms_function(spec: FocalSpec):

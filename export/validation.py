@@ -14,8 +14,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from export import artifact, writing
-from export.cases import Case, generate, load_reference, parse_shapes
+from export import artifact, consistency, writing
+from export.cases import Case, generate, parse_shapes, read_realistic
 from export.compare import TOLERANCES, compare
 from export.errors import ArtifactError, ProviderError, UsageError
 from export.runtime import RuntimeSession, check_provider, open_session
@@ -25,8 +25,13 @@ FORMS = artifact.FORMS
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
-             report=None) -> dict:
+             report=None, public_key=None) -> dict:
     """Validate the artifact at ``artifact_dir``; returns the report (``report["passed"]``).
+
+    Two checks, both in the report. ONNX Runtime on ``provider`` against the reference, output
+    by output; and whether the artifact's files describe one loss (``report["consistency"]``,
+    `export.consistency`): ``spec.json``, the ONNX model's metadata and graph, the SavedModel
+    (not with ``reference_only``) and ``reference.npz``, on the inputs stored there.
 
     Args:
         provider: ``auto`` | ``cpu`` | ``cuda`` (see `export.runtime.open_session`).
@@ -37,41 +42,64 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         reference_only: compare with ``reference.npz`` instead of running TensorFlow.
         report: a path to write the report to as JSON (outside the artifact; see
             `export.writing.check_outputs`).
+        public_key: refuse the artifact unless its signature verifies with this public key
+            (`export.signing.verify`).
 
-    Raises `ArtifactError` when the files do not match the manifest or cannot be read,
-    `UsageError` on bad options, `OutputError` when the report cannot be written.
+    Raises `ArtifactError` when the files do not match the manifest or the signature, or cannot
+    be read, `UsageError` on bad options, `OutputError` when the report cannot be written.
     """
     directory = Path(artifact_dir)
     check_provider(provider)
     report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory})["--report"]
+    if public_key is not None:
+        from export import signing
+
+        signing.verify(directory, public_key)
     spec = artifact.loss_artifact(directory, onnx=True)
     atol, rtol = tolerances(spec, atol, rtol)
+    stored, stored_outputs = consistency.stored_cases(directory)
+    saved_model, errors = None, []
     if reference_only:
         if shapes is not None:
             raise UsageError("--shapes: not with --reference-only (the stored inputs are the reference's)")
+        # the stored cases as stored (a spec.json naming other inputs is for the consistency
+        # check to name), then the realistic case, regenerated from its seed
+        cases, expected = list(stored), dict(stored_outputs)
         try:
-            cases, expected = load_reference(directory / artifact.REFERENCE, spec, FORMS)
+            realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, FORMS)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             reason = (error.strerror if isinstance(error, OSError) else None) or error
             raise ArtifactError(f"{directory / artifact.REFERENCE}: unreadable ({type(error).__name__}: {reason})") from None
+        cases += realistic
+        expected.update(realistic_outputs)
         source = artifact.REFERENCE
     else:
         cases = generate(spec, None if shapes is None else parse_shapes(spec, shapes))
         from export import tensorflow_reference
 
         if (directory / artifact.SAVED_MODEL).is_dir():
-            try:
-                expected = tensorflow_reference.outputs_from_saved_model(directory / artifact.SAVED_MODEL, cases)
-            except Exception as error:  # TensorFlow's OpError, OSError for a file it cannot parse, ...
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-                raise ArtifactError(f"{directory / artifact.SAVED_MODEL}: TensorFlow cannot load or run it ({reason})") from None
+            forms = _loaded_saved_model(tensorflow_reference, directory / artifact.SAVED_MODEL)
+            # one loaded SavedModel for both sets of inputs: XLA compiles once per shape and load
+            saved_model = consistency.saved_model_witness(forms, stored)
+            expected = {}
+            for case in cases:
+                try:
+                    expected[case.name] = forms(case.inputs, case.forms)
+                except Exception as error:  # TensorFlow's errors, or a TypeError for inputs it does not take
+                    errors.append(f"{case.name}: the SavedModel raised {type(error).__name__}: "
+                                  f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+            cases = [case for case in cases if case.name in expected]
             source = "TensorFlow: " + artifact.SAVED_MODEL
         else:
             expected = tensorflow_reference.outputs_from_spec(spec, cases)
             source = "TensorFlow: graph rebuilt from " + artifact.SPEC
     session = _session(directory / artifact.ONNX, provider)
     result = run(session, spec, cases, expected, provider=provider, atol=atol, rtol=rtol, source=source)
+    result["errors"] = errors + result["errors"]
+    result["consistency"] = consistency.check_artifact(directory, spec, saved_model=saved_model, atol=atol, rtol=rtol)
+    result["passed"] = result["passed"] and result["consistency"]["passed"] and not errors
     result["artifact"] = str(directory)
+    result = _finite(result)
     if report is not None:
         writing.write_atomically("--report", report, artifact.json_bytes(result))
     return result
@@ -86,6 +114,15 @@ def _session(model: Path, provider: str) -> RuntimeSession:
     except Exception as error:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ArtifactError(f"{model}: ONNX Runtime cannot load it ({reason})") from None
+
+
+def _loaded_saved_model(tensorflow_reference, path: Path):
+    """`export.tensorflow_reference.saved_model_forms`, or `ArtifactError` naming the SavedModel."""
+    try:
+        return tensorflow_reference.saved_model_forms(path)
+    except Exception as error:  # TensorFlow's OpError, OSError for a file it cannot parse, KeyError for a signature
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ArtifactError(f"{path}: TensorFlow cannot load it or it lacks a signature of the forms ({reason})") from None
 
 
 def tolerances(spec: FocalSpec, atol, rtol) -> tuple[float, float]:
@@ -160,7 +197,14 @@ def format_report(report: dict) -> str:
             lines.append(f"    worst: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['actual']!r}")
         lines.extend(f"    {problem}" for problem in verdict["problems"])
     lines.extend(f"  error: {error}" for error in report["errors"])
-    lines.append("  PASS" if report["passed"] else "  FAIL")
+    agreement = report.get("consistency")  # export's own report has none: it wrote the files itself
+    if agreement is not None:
+        lines.extend(consistency.format_consistency(agreement))
+    verdict = "  PASS" if report["passed"] else "  FAIL"
+    if agreement is not None and not agreement["passed"]:
+        files = [str(Path(report.get("artifact", "")) / name) for name in agreement["files"]]
+        verdict += f": {' and '.join(files)} {'disagrees' if len(files) == 1 else 'disagree'} with the rest of the artifact"
+    lines.append(verdict)
     return "\n".join(lines)
 
 

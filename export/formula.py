@@ -1,0 +1,243 @@
+"""A spec's loss as a float64 numpy formula: what ``spec.json`` says the graphs compute.
+
+numpy only (no TensorFlow, no onnxruntime). Used to confirm a spec against the files that compute
+(`export.consistency`): an artifact whose ``spec.json`` says gamma 0.5 while its graphs compute
+gamma 2 passed every other check. It is written from the docstrings' formulas, separately from
+`focal_graph`'s TensorFlow code, and mirrors only the choices that decide a number:
+
+- 16-bit predictions are computed in float32; probabilities are clipped to
+  ``[epsilon, min(1 - epsilon, the largest number below 1)]`` in that compute dtype (seed 000's
+  1e-8 is below float32's spacing at 1), and ``1 - p`` is floored at its smallest normal number
+  before ``**gamma``;
+- a sparse label outside [0, C) gives NaN, an ``ignore_index`` label gives 0 (whatever the
+  logits), and a mean leaves ``ignore_index`` positions out of its denominator;
+- the forms are the artifact's: ``loss`` (unreduced), ``per_sample`` (the sum over every axis
+  but the first), ``sum`` and ``mean``, rounded once to the spec's dtype.
+
+Everything else is float64, so the formula differs from a float32 graph by float32 rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from focal_graph.params import KERAS_EPSILON
+from focal_graph.spec import FocalSpec
+from focal_graph.weights import class_weights
+
+
+def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
+    """The four forms of ``spec``'s loss, in the spec's dtype.
+
+    Args:
+        spec: the loss.
+        y_true: integer labels (...) for sparse losses, targets (..., C) otherwise.
+        predictions: logits, or probabilities when ``spec.from_logits`` is false, (..., C).
+
+    Returns:
+        ``{"loss": (...) or (..., C) or (..., 1), "per_sample": (N,), "sum": (), "mean": ()}``.
+
+    Raises:
+        ValueError: inputs whose rank, class count or shapes do not fit the spec.
+    """
+    predictions = np.asarray(predictions)
+    y_true = np.asarray(y_true)
+    if predictions.ndim != spec.rank:
+        raise ValueError(f"predictions: rank {predictions.ndim}; the spec has rank {spec.rank}")
+    if spec.num_classes is not None and predictions.shape[-1] != spec.num_classes:
+        raise ValueError(f"predictions: {predictions.shape[-1]} classes; the spec fixes C={spec.num_classes}")
+    expected = predictions.shape[:-1] if spec.sparse else predictions.shape
+    if y_true.shape != expected:
+        raise ValueError(f"{spec.input_names[0]}: shape {y_true.shape}; expected {expected}")
+    compute = np.float64 if spec.dtype == "float64" else np.float32
+    with np.errstate(all="ignore"):  # non-finite predictions give what the graphs give: NaN or inf
+        loss = _LOSSES[spec.kind](spec, y_true, predictions.astype(np.float64), compute)
+        counted = None
+        if spec.sparse and spec.ignore_index is not None:
+            counted = y_true != spec.ignore_index
+        total = loss.sum() if counted is None else np.where(counted, loss, 0.0).sum()
+        count = loss.size if counted is None else int(counted.sum())
+        forms = {
+            "loss": loss,
+            "per_sample": loss.sum(axis=tuple(range(1, loss.ndim))),
+            "sum": np.asarray(total),
+            "mean": np.asarray(total / max(count, 1)),
+        }
+        return {name: value.astype(spec.dtype) for name, value in forms.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks: every quantity in float64; `compute` is the dtype the graph works in.
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``z_c - logsumexp(z)`` over the last axis. A row whose largest logit is not finite (NaN,
+    +inf, or every logit -inf) is NaN throughout, as TensorFlow's log_softmax gives it."""
+    top = logits.max(axis=-1, keepdims=True, initial=-np.inf)
+    shifted = logits - np.where(np.isfinite(top), top, np.nan)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _clip(probabilities: np.ndarray, epsilon: float, compute) -> np.ndarray:
+    """``probabilities`` clipped to [epsilon, 1 - epsilon] with both bounds as the graph holds
+    them: rounded to ``compute``, the upper one strictly below 1."""
+    lower = float(compute(epsilon))
+    upper = float(min(compute(1.0 - epsilon), np.nextafter(compute(1.0), compute(0.0))))
+    return np.clip(probabilities, lower, upper)
+
+
+def _tiny(compute) -> float:
+    return float(np.finfo(compute).tiny)
+
+
+def _total(probabilities: np.ndarray, compute, keepdims: bool = False) -> np.ndarray:
+    """The sum over the classes, floored at the smallest normal number (an all-zero row)."""
+    return np.maximum(probabilities.sum(axis=-1, keepdims=keepdims), _tiny(compute))
+
+
+def _focal(cross_entropy, one_minus_p, gamma, weight, compute) -> np.ndarray:
+    """``weight * max(1 - p, tiny)**gamma * cross_entropy``."""
+    loss = cross_entropy * np.maximum(one_minus_p, _tiny(compute)) ** gamma
+    return loss if weight is None else loss * weight
+
+
+def _per_class(value) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, np.float64)
+
+
+def _weight(spec: FocalSpec, alpha=None) -> np.ndarray | None:
+    """``alpha * class_weight``, ``class_weight`` derived from ``class_counts`` when given."""
+    weight = _per_class(spec.class_weight)
+    if spec.class_counts is not None:
+        beta = {} if spec.beta is None else {"beta": spec.beta}
+        weight = class_weights(spec.class_counts, spec.weighting or "inverse_frequency", **beta)
+    if alpha is not None:
+        weight = _per_class(alpha) if weight is None else _per_class(alpha) * weight
+    return weight
+
+
+def _sigmoid_log_probs(predictions, from_logits: bool, epsilon: float, compute):
+    """``log p, log(1 - p), p, 1 - p`` of a per-class sigmoid output."""
+    if from_logits:
+        softplus = np.logaddexp(0.0, predictions)
+        log_p, log_q = predictions - softplus, -softplus
+        return log_p, log_q, np.exp(log_p), np.exp(log_q)
+    p = _clip(predictions, epsilon, compute)
+    q = (compute(1.0) - p.astype(compute)).astype(np.float64)  # exact, as the graph's 1 - p is
+    return np.log(p), np.log(q), p, q
+
+
+# ---------------------------------------------------------------------------------------------
+# The losses, one per spec kind.
+
+
+def _sparse_softmax(spec: FocalSpec, labels, logits, compute, *, alpha=None, gamma=None, from_logits=None,
+                    epsilon=None, ignore_index=None) -> np.ndarray:
+    """``-w_t * max(1 - p_t, tiny)**gamma_t * log p_t``; NaN for a label outside [0, C), 0 for
+    ``ignore_index``."""
+    labels = labels.astype(np.int64)
+    classes = logits.shape[-1]
+    valid = (labels >= 0) & (labels < classes)
+    index = np.where(valid, labels, 0)
+    if from_logits:
+        log_p_t = np.take_along_axis(_log_softmax(logits), index[..., None], axis=-1)[..., 0]
+    else:
+        picked = np.take_along_axis(logits, index[..., None], axis=-1)[..., 0]
+        log_p_t = np.log(_clip(picked / _total(logits, compute), epsilon, compute))
+    gamma = np.asarray(gamma, np.float64)
+    gamma_t = gamma if gamma.ndim == 0 else gamma[index]
+    weight = _weight(spec, alpha)
+    weight_t = None if weight is None else (weight if weight.ndim == 0 else weight[index])
+    loss = _focal(-log_p_t, -np.expm1(log_p_t), gamma_t, weight_t, compute)
+    loss = np.where(valid, loss, np.nan)
+    if ignore_index is not None:
+        loss = np.where(labels == ignore_index, 0.0, loss)
+    return loss
+
+
+def _softmax(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, label_smoothing, from_logits,
+             epsilon) -> np.ndarray:
+    """``-sum_c w_c * y_c * max(1 - p_c, tiny)**gamma_c * log p_c``, y smoothed towards 1/C."""
+    targets = targets.astype(np.float64)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / predictions.shape[-1]
+    if from_logits:
+        log_p = _log_softmax(predictions)
+    else:
+        log_p = np.log(_clip(predictions / _total(predictions, compute, keepdims=True), epsilon, compute))
+    per_class = _focal(-log_p * targets, -np.expm1(log_p), np.asarray(gamma, np.float64), _weight(spec, alpha),
+                       compute)
+    return per_class.sum(axis=-1)
+
+
+def _sigmoid(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, label_smoothing, from_logits, epsilon,
+             class_weight=True) -> np.ndarray:
+    """``a_t * w_c * max(1 - p_t, tiny)**gamma_c * BCE(y, p)`` per class, y smoothed towards 1/2."""
+    targets = targets.astype(np.float64)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    log_p, log_q, p, q = _sigmoid_log_probs(predictions, from_logits, epsilon, compute)
+    cross_entropy = -(targets * log_p + (1.0 - targets) * log_q)
+    one_minus_p_t = targets * q + (1.0 - targets) * p
+    weight = _weight(spec) if class_weight else None
+    if alpha is not None:
+        alpha = _per_class(alpha)
+        alpha_t = targets * alpha + (1.0 - targets) * (1.0 - alpha)
+        weight = alpha_t if weight is None else alpha_t * weight
+    return _focal(cross_entropy, one_minus_p_t, np.asarray(gamma, np.float64), weight, compute)
+
+
+def _variant_sparse_softmax(spec, labels, logits, compute):
+    return _sparse_softmax(spec, labels, logits, compute, alpha=spec.alpha, gamma=spec.gamma,
+                           from_logits=spec.from_logits, epsilon=spec.epsilon, ignore_index=spec.ignore_index)
+
+
+def _variant_softmax(spec, targets, predictions, compute):
+    return _softmax(spec, targets, predictions, compute, gamma=spec.gamma, alpha=spec.alpha,
+                    label_smoothing=spec.label_smoothing, from_logits=spec.from_logits, epsilon=spec.epsilon)
+
+
+def _variant_sigmoid(spec, targets, predictions, compute):
+    return _sigmoid(spec, targets, predictions, compute, gamma=spec.gamma, alpha=spec.alpha,
+                    label_smoothing=spec.label_smoothing, from_logits=spec.from_logits, epsilon=spec.epsilon)
+
+
+def _preset_multilabel_lsr(spec, targets, probabilities, compute):
+    """Seed 000: ``(1 - e) * mean_c[y_c * w_c * focal_c] + e * CE(uniform, p / sum p)``; the
+    focal term is the sigmoid loss with alpha 1 (so a_t = y), the LSR term a softmax loss with
+    gamma 0 clipped at Keras's epsilon."""
+    focal = _sigmoid(spec, targets, probabilities, compute, gamma=spec.gamma, alpha=1.0, label_smoothing=0.0,
+                     from_logits=False, epsilon=spec.epsilon)
+    uniform = np.full(probabilities.shape, 1.0 / probabilities.shape[-1])
+    smoothing = _softmax(_unweighted(spec), uniform, probabilities, compute, gamma=0.0, alpha=None, label_smoothing=0.0,
+                         from_logits=False, epsilon=KERAS_EPSILON)
+    return (1.0 - spec.label_smoothing) * focal.mean(axis=-1) + spec.label_smoothing * smoothing
+
+
+def _preset_multi_category(spec, targets, probabilities, compute):
+    """Seed 001: ``sum_c w_c * max(1 - pt_c, tiny)**gamma * -log pt_c``, shape (..., 1)."""
+    focal = _sigmoid(spec, targets, probabilities, compute, gamma=spec.gamma, alpha=None, label_smoothing=0.0,
+                     from_logits=False, epsilon=spec.epsilon)
+    return focal.sum(axis=-1, keepdims=True)
+
+
+def _preset_sparse_softmax(spec, labels, logits, compute):
+    """Seed 002: the sparse softmax loss from logits with per-class alpha."""
+    return _sparse_softmax(spec, labels, logits, compute, alpha=spec.alpha, gamma=spec.gamma, from_logits=True)
+
+
+def _unweighted(spec: FocalSpec) -> FocalSpec:
+    """A stand-in whose `_weight` is None (seed 000's LSR term has no class weights)."""
+    return FocalSpec(variant="softmax")
+
+
+_LOSSES: dict[tuple[str, str], Callable] = {
+    ("variant", "sparse_softmax"): _variant_sparse_softmax,
+    ("variant", "softmax"): _variant_softmax,
+    ("variant", "sigmoid"): _variant_sigmoid,
+    ("preset", "multilabel_lsr"): _preset_multilabel_lsr,
+    ("preset", "multi_category"): _preset_multi_category,
+    ("preset", "sparse_softmax"): _preset_sparse_softmax,
+}
