@@ -10,9 +10,15 @@ gamma 2 passed every other check. It is written from the docstrings' formulas, s
   1e-8 is below float32's spacing at 1), and ``1 - p`` is floored at its smallest normal number
   before ``**gamma``;
 - a sparse label outside [0, C) gives NaN, an ``ignore_index`` label gives 0 (whatever the
-  logits), and a mean leaves ``ignore_index`` positions out of its denominator;
-- the forms are the artifact's: ``loss`` (unreduced), ``per_sample`` (the sum over every axis
-  but the first), ``sum`` and ``mean``, rounded once to the spec's dtype.
+  logits), and a mean leaves ``ignore_index`` positions out of its denominator; a dense target
+  outside [0, 1] (or NaN) gives NaN at its position;
+- a sigmoid loss from logits is written as the graph writes it (`focal_graph.probabilities.
+  sigmoid_focal_terms`, with ``m = -|x|``), which decides what an infinite logit gives: inf
+  where ``log p = x - softplus(x)`` would give inf - inf = NaN;
+- the forms are the artifact's: ``loss`` (unreduced, rounded once to the spec's dtype), then
+  ``per_sample`` (the sum over every axis but the first), ``sum`` and ``mean`` of that rounded
+  loss, as the graph reduces it, and float32 for a 16-bit spec (Keras's mixed-precision rule,
+  `focal_graph.reduction.reduced_dtype`: a float16 sum overflows).
 
 Everything else is float64, so the formula differs from a float32 graph by float32 rounding.
 """
@@ -29,7 +35,8 @@ from focal_graph.weights import class_weights
 
 
 def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
-    """The four forms of ``spec``'s loss, in the spec's dtype.
+    """The four forms of ``spec``'s loss: ``loss`` in the spec's dtype, the reduced forms in
+    float32 for a 16-bit spec and in the spec's dtype otherwise.
 
     Args:
         spec: the loss.
@@ -54,18 +61,20 @@ def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
     compute = np.float64 if spec.dtype == "float64" else np.float32
     with np.errstate(all="ignore"):  # non-finite predictions give what the graphs give: NaN or inf
         loss = _LOSSES[spec.kind](spec, y_true, predictions.astype(np.float64), compute)
+        loss = loss.astype(spec.dtype)
+        reduced = loss.astype(np.float64)  # the graph reduces the loss it returns, rounded to its dtype
         counted = None
         if spec.sparse and spec.ignore_index is not None:
             counted = y_true != spec.ignore_index
-        total = loss.sum() if counted is None else np.where(counted, loss, 0.0).sum()
-        count = loss.size if counted is None else int(counted.sum())
-        forms = {
+        total = reduced.sum() if counted is None else np.where(counted, reduced, 0.0).sum()
+        count = reduced.size if counted is None else int(counted.sum())
+        reduced_dtype = np.float32 if spec.dtype in ("float16", "bfloat16") else spec.dtype
+        return {
             "loss": loss,
-            "per_sample": loss.sum(axis=tuple(range(1, loss.ndim))),
-            "sum": np.asarray(total),
-            "mean": np.asarray(total / max(count, 1)),
+            "per_sample": reduced.sum(axis=tuple(range(1, reduced.ndim))).astype(reduced_dtype),
+            "sum": np.asarray(total).astype(reduced_dtype),
+            "mean": np.asarray(total / max(count, 1)).astype(reduced_dtype),
         }
-        return {name: value.astype(spec.dtype) for name, value in forms.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,15 +127,23 @@ def _weight(spec: FocalSpec, alpha=None) -> np.ndarray | None:
     return weight
 
 
-def _sigmoid_log_probs(predictions, from_logits: bool, epsilon: float, compute):
-    """``log p, log(1 - p), p, 1 - p`` of a per-class sigmoid output."""
+def _valid_targets(targets: np.ndarray) -> np.ndarray:
+    """Where a dense target is a probability: ``y (1 - y) >= 0``, False outside [0, 1] and for NaN."""
+    return targets * (1.0 - targets) >= 0.0
+
+
+def _sigmoid_terms(targets, predictions, from_logits: bool, epsilon: float, compute):
+    """``cross_entropy = -(y log p + (1 - y) log(1 - p))`` and ``one_minus_p_t = y (1 - p) +
+    (1 - y) p`` of a per-class sigmoid output. From logits x, with ``m = -|x|``, ``e = exp(m)``
+    and ``a = |[x > 0] - y|``: ``log(1 + e) - a m`` and ``(e + a (1 - e)) / (1 + e)``."""
     if from_logits:
-        softplus = np.logaddexp(0.0, predictions)
-        log_p, log_q = predictions - softplus, -softplus
-        return log_p, log_q, np.exp(log_p), np.exp(log_q)
+        m = np.minimum(predictions, -predictions)
+        e = np.exp(m)
+        far = np.abs((predictions > 0.0) - targets)
+        return np.log1p(e) - far * m, (e + far * (1.0 - e)) / (1.0 + e)
     p = _clip(predictions, epsilon, compute)
     q = (compute(1.0) - p.astype(compute)).astype(np.float64)  # exact, as the graph's 1 - p is
-    return np.log(p), np.log(q), p, q
+    return -(targets * np.log(p) + (1.0 - targets) * np.log(q)), targets * q + (1.0 - targets) * p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +178,7 @@ def _softmax(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, la
              epsilon) -> np.ndarray:
     """``-sum_c w_c * y_c * max(1 - p_c, tiny)**gamma_c * log p_c``, y smoothed towards 1/C."""
     targets = targets.astype(np.float64)
+    valid = _valid_targets(targets)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / predictions.shape[-1]
     if from_logits:
@@ -169,24 +187,24 @@ def _softmax(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, la
         log_p = np.log(_clip(predictions / _total(predictions, compute, keepdims=True), epsilon, compute))
     per_class = _focal(-log_p * targets, -np.expm1(log_p), np.asarray(gamma, np.float64), _weight(spec, alpha),
                        compute)
-    return per_class.sum(axis=-1)
+    return np.where(valid, per_class, np.nan).sum(axis=-1)
 
 
 def _sigmoid(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, label_smoothing, from_logits, epsilon,
              class_weight=True) -> np.ndarray:
     """``a_t * w_c * max(1 - p_t, tiny)**gamma_c * BCE(y, p)`` per class, y smoothed towards 1/2."""
     targets = targets.astype(np.float64)
+    valid = _valid_targets(targets)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    log_p, log_q, p, q = _sigmoid_log_probs(predictions, from_logits, epsilon, compute)
-    cross_entropy = -(targets * log_p + (1.0 - targets) * log_q)
-    one_minus_p_t = targets * q + (1.0 - targets) * p
+    cross_entropy, one_minus_p_t = _sigmoid_terms(targets, predictions, from_logits, epsilon, compute)
     weight = _weight(spec) if class_weight else None
     if alpha is not None:
         alpha = _per_class(alpha)
         alpha_t = targets * alpha + (1.0 - targets) * (1.0 - alpha)
         weight = alpha_t if weight is None else alpha_t * weight
-    return _focal(cross_entropy, one_minus_p_t, np.asarray(gamma, np.float64), weight, compute)
+    loss = _focal(cross_entropy, one_minus_p_t, np.asarray(gamma, np.float64), weight, compute)
+    return np.where(valid, loss, np.nan)
 
 
 def _variant_sparse_softmax(spec, labels, logits, compute):
