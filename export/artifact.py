@@ -177,8 +177,8 @@ def verify(directory) -> dict:
 def first_foreign(directory) -> tuple[str, str] | None:
     """The first entry under ``directory`` that focalgraph did not write, as (relative path, why),
     or None: for an empty directory, or one whose every file its focalgraph manifest lists (sizes
-    and contents aside: an edited artifact is still focalgraph's). Directories hold no data of
-    their own and are not listed; links and special files are never focalgraph's."""
+    and contents aside: an edited artifact is still focalgraph's), `SIGNATURE` aside. Directories
+    hold no data of their own and are not listed; links and special files are never focalgraph's."""
     directory = Path(directory)
     listed = None
     manifest = directory / MANIFEST
@@ -194,8 +194,8 @@ def first_foreign(directory) -> tuple[str, str] | None:
             return relative, "cannot be listed, so it may hold anything"
         if kind == "other":
             return relative, "is a link or special file, which focalgraph never writes"
-        if relative == MANIFEST:
-            continue
+        if relative == MANIFEST or (relative == SIGNATURE and listed is not None):
+            continue  # `focalgraph sign` writes signature.sig beside the manifest it signs, never into it
         if listed is None:
             return relative, "was not written by focalgraph (no focalgraph manifest lists it)"
         if relative not in listed:
