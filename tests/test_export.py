@@ -70,7 +70,11 @@ def test_variant_matrix_onnx_matches_tensorflow_and_the_formula(tmp_path, spec):
     cases, tensorflow = read_reference(out)
     shapes = [case.shape for case in cases]
     assert any(0 in shape[:-1] for shape in shapes) and any(1 in shape[:-1] for shape in shapes)
+    realistic = [case for case in cases if case.forms != FORMS]
+    assert [case.name.split()[0] for case in realistic] == ["realistic"]  # validated at export, reductions only
     for case in cases:
+        if case in realistic:
+            continue  # 16M elements: its reductions against float64 are tests/test_reductions.py's
         onnx_runtime = bare_session_outputs(out, case.inputs)
         want = numpy_forms(spec, case.inputs)
         for form in FORMS:
