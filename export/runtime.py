@@ -174,15 +174,41 @@ class LossSession:
         return self.runtime.session.run(["per_sample"], self._feed(y_true, predictions))[0]
 
     def _feed(self, y_true, predictions) -> dict:
-        """The two inputs, their shapes checked against each other: ONNX Runtime does not enforce
-        that the N of the labels is the N of the predictions."""
-        y_true, predictions = np.asarray(y_true), np.asarray(predictions)
+        """The two inputs as the model's input types, their shapes checked against each other:
+        ONNX Runtime does not enforce that the N of the labels is the N of the predictions, and
+        it refuses int32 labels or a Python list with a message of its own."""
+        y_true = self._converted(0, y_true)
+        predictions = self._converted(1, predictions)
         sparse = self.input_names[0] == "labels"
         expected = predictions.shape[:-1] if sparse else predictions.shape
         if y_true.shape != expected:
             raise UsageError(f"{self.input_names[0]}: shape {y_true.shape}; expected {expected} for "
                              f"{self.input_names[1]} of shape {predictions.shape}")
         return dict(zip(self.input_names, (y_true, predictions)))
+
+    def _converted(self, index: int, value) -> np.ndarray:
+        """``value`` (an array or nested lists) as input ``index``'s element type: integer labels
+        of any width become int64, numbers become the model's float type; anything else (float
+        class indices, strings, objects, ragged lists) is a `UsageError` naming the input."""
+        name = self.input_names[index]
+        wanted = _ONNX_TYPES.get(self.runtime.session.get_inputs()[index].type)
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # ragged nested lists
+            raise UsageError(f"{name}: not a rectangular array ({error})") from None
+        kinds = "iu" if wanted == np.int64 else "fiub"
+        if array.dtype.kind not in kinds or wanted is None:
+            expected = "integer class indices" if wanted == np.int64 else "numbers"
+            raise UsageError(f"{name}: dtype {array.dtype}; expected {expected}")
+        if array.dtype == wanted:
+            return array
+        if wanted == np.int64 and array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+            raise UsageError(f"{name}: a label beyond int64 ({int(array.max())}); expected class indices")
+        return array.astype(wanted)
+
+
+_ONNX_TYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(float16)": np.float16,
+               "tensor(double)": np.float64}
 
 
 class BatchLoss:
