@@ -1,5 +1,5 @@
-# `make install` creates .venv and installs focalgraph into it (editable), once; it reinstalls
-# only when pyproject.toml changes. `make test` installs first if needed.
+# `make install` creates .venv and installs focalgraph into it (editable) with every extra the
+# tests need, once; it reinstalls only when pyproject.toml changes. `make test` installs first if needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[tensorflow,test,bench,ray,spark]'
 	touch $(STAMP)
 
 # The main job: export and validate the built-in losses (export.exporter.default_specs).
