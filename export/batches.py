@@ -219,6 +219,8 @@ class BatchEvaluator:
                                      row, _label(self.weights))
             losses = losses.astype(np.float64) * weight
         ids = batch.column(self.id_column) if self.id_column is not None else None
+        if isinstance(ids, pa.ChunkedArray):  # a Table's column (Ray hands over Tables)
+            ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
         summary = None
         if len(predictions):  # an empty batch has no row shape to summarise by, and adds nothing
             summary = LossSummary(spec, predictions.shape[1:], self.top_k)

@@ -119,8 +119,8 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                 if not isinstance(predicted, sources.ParquetSource):
                     raise UsageError(f"{flag}: a column of the predictions' Parquet input; {predictions} is not Parquet")
                 extra[flag] = stack.enter_context(sources.open_source(f"{sources.split_name(predictions)[0]}:{name}",
-                                                                      flag, ()))
-        _check_sources(spec, predicted, truth, extra)
+                                                                      flag, (), numeric=flag != "--id-column"))
+        check_sources(spec, predicted, truth, extra)
         dtype = np.float64 if weight_column is not None else np.dtype(spec.dtype)
         sink = sinks.open_sink(out, predicted.rows, dtype) if out is not None else None
         staged_summary = None
@@ -166,7 +166,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
     return result
 
 
-def _check_sources(spec, predicted, truth, extra) -> None:
+def check_sources(spec, predicted, truth, extra) -> None:
     """What the files' headers and schemas tell, before any row is read."""
     if truth.rows != predicted.rows:
         raise UsageError(f"--labels: {truth.rows} rows; --predictions has {predicted.rows}")

@@ -65,8 +65,10 @@ def check_provider(provider: str) -> str:
     return provider
 
 
-def open_session(model, provider: str = "auto") -> RuntimeSession:
-    """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``.
+def open_session(model, provider: str = "auto", threads: int | None = None) -> RuntimeSession:
+    """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``, with
+    ``threads`` intra-op threads (None: ONNX Runtime's default, one per core). Ray and Spark set
+    OMP_NUM_THREADS=1 for their workers, which ONNX Runtime ignores: engines pass ``threads``.
 
     - ``cpu``: the CPU execution provider.
     - ``cuda``: the CUDA provider with TF32 off, or `ProviderError` when it cannot be created
@@ -82,19 +84,22 @@ def open_session(model, provider: str = "auto") -> RuntimeSession:
         if CUDA not in onnxruntime.get_available_providers():
             reason = f"this onnxruntime build ({onnxruntime.__version__}) has no {CUDA}"
         else:
-            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True)
+            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True, threads=threads)
             if session.get_providers()[0] == CUDA:
                 note = "auto: CUDA provider created" if provider == "auto" else ""
                 return _described(session, provider, note)
             reason = f"{CUDA} could not be created (no usable GPU, driver or CUDA libraries; --verbose shows ONNX Runtime's log)"
         if provider == "cuda":
             raise ProviderError(f"--provider cuda: {reason}")
-    session = _session(onnxruntime, model, [CPU], quiet=False)
+    session = _session(onnxruntime, model, [CPU], quiet=False, threads=threads)
     return _described(session, provider, f"auto: using the CPU; {reason}" if provider == "auto" else "")
 
 
-def _session(onnxruntime, model, providers, *, quiet: bool):
+def _session(onnxruntime, model, providers, *, quiet: bool, threads: int | None = None):
     options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if quiet and not verbose():
         options.log_severity_level = 4  # the CUDA probe's failure is reported by us, in one line
@@ -122,7 +127,8 @@ class LossSession:
 
     Imports only onnxruntime and numpy (and focalgraph's numpy-only spec): a host without
     TensorFlow can use it. A directory is checked against its manifest first. ``provider``:
-    ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran.
+    ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran;
+    ``threads``: ONNX Runtime's intra-op threads (default: one per core).
 
     ``session(y_true, predictions)`` returns the per-sample losses, shape (N,); ``forms(...)``
     returns every output (``loss``, ``per_sample``, ``sum``, ``mean``). ONNX Runtime sessions
@@ -130,7 +136,7 @@ class LossSession:
     LossSession serves many threads.
     """
 
-    def __init__(self, path, provider: str = "auto"):
+    def __init__(self, path, provider: str = "auto", threads: int | None = None):
         from pathlib import Path
 
         from export import artifact
@@ -147,7 +153,7 @@ class LossSession:
             raise UsageError(f"{path}: no such artifact directory or .onnx file")
         self.path = path
         try:
-            self.runtime = open_session(str(model), provider)
+            self.runtime = open_session(str(model), provider, threads)
         except ProviderError:
             raise
         except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...

@@ -208,7 +208,7 @@ class ParquetSource(Source):
     column's type, which every file must share); files are then opened one at a time, so a
     dataset of thousands of files holds one open file and one footer."""
 
-    def __init__(self, flag: str, files: list[Path], key, defaults, *, display: str):
+    def __init__(self, flag: str, files: list[Path], key, defaults, *, display: str, numeric: bool = True):
         self.flag, self.files, self.path = flag, files, Path(display)
         self.rows, types, first_type = 0, set(), None
         for path in files:
@@ -228,7 +228,10 @@ class ParquetSource(Source):
         # files that store the same rows as list and as fixed-size list: read all as lists, so
         # that batches spanning files join (each row's length is still checked)
         self.type = first_type if len(types) == 1 else _variable_lists(first_type)
-        self.row_shape, self.dtype = _arrow_row_layout(flag, f"{self.path}:{self.column}", first_type)
+        if numeric:
+            self.row_shape, self.dtype = _arrow_row_layout(flag, f"{self.path}:{self.column}", first_type)
+        else:  # an id column: carried along as it is, whatever its type
+            self.row_shape, self.dtype = (), None
 
     def _opened(self, path):
         import pyarrow.parquet as pq
@@ -332,8 +335,9 @@ def input_paths(text) -> list[str]:
     return [path]
 
 
-def open_source(text, flag: str, defaults) -> Source:
-    """``PATH`` or ``PATH:NAME`` as a source of rows (see the module docstring)."""
+def open_source(text, flag: str, defaults, *, numeric: bool = True) -> Source:
+    """``PATH`` or ``PATH:NAME`` as a source of rows (see the module docstring); with
+    ``numeric`` False, a Parquet column of any type (ids)."""
     path_text, key = split_name(text)
     path = Path(path_text)
     suffix = path.suffix.lower()
@@ -344,7 +348,8 @@ def open_source(text, flag: str, defaults) -> Source:
     if path.is_file() and suffix == ".npz":
         return NpzSource(flag, path, key or None, defaults)
     if path.is_dir() or glob.has_magic(path_text) or (path.is_file() and suffix in PARQUET_SUFFIXES):
-        return ParquetSource(flag, parquet_files(flag, path_text), key or None, defaults, display=path_text)
+        return ParquetSource(flag, parquet_files(flag, path_text), key or None, defaults, display=path_text,
+                             numeric=numeric)
     if not path.exists():
         raise UsageError(f"{flag}: {path} is not a file")
     raise UsageError(f"{flag}: {path}: expected a .npy, .npz or .parquet file, or a directory or glob of Parquet files")

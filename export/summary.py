@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 
+from export.errors import UsageError
 from focal_graph.spec import FocalSpec
 
 # A finite float64 is m * 2**(s - 1074) with m < 2**53 and 0 <= s <= 2045 (s = max(exponent, 1) - 1).
@@ -158,6 +159,8 @@ class LossSummary:
 
     def merge(self, other: LossSummary) -> LossSummary:
         """The summary of both inputs' rows together; exact, so associative and commutative."""
+        if other.row_shape != self.row_shape and (other.spec, other.top_k) == (self.spec, self.top_k):
+            raise UsageError(f"rows of shape {self.row_shape} and {other.row_shape} in one input (ragged rows across batches)")
         if (other.spec, other.row_shape, other.top_k) != (self.spec, self.row_shape, self.top_k):
             raise ValueError("other: a summary of another loss, row shape or top_k")
         merged = LossSummary(self.spec, self.row_shape, self.top_k)
@@ -198,8 +201,13 @@ class LossSummary:
         buffer = io.BytesIO()
         header = {"spec": self.spec.to_json(), "row_shape": list(self.row_shape), "top_k": self.top_k,
                   "count": self.count, "ignored": self.ignored, "hardest": self.hardest}
-        np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8), total=self.total.limbs,
-                 class_limbs=self.class_sums.limbs, class_count=self.class_count)
+        # only the limbs in use (a few, for losses of similar size), not all 68 per class
+        used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0))
+        first, last = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+        header["limbs"] = [first, last]
+        np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                 total=self.total.limbs[:, first:last], class_limbs=self.class_sums.limbs[:, first:last],
+                 class_count=self.class_count)
         return buffer.getvalue()
 
     @classmethod
@@ -209,8 +217,9 @@ class LossSummary:
             summary = cls(FocalSpec.from_json(header["spec"]), header["row_shape"], header["top_k"])
             summary.count, summary.ignored = header["count"], header["ignored"]
             summary.hardest = [tuple(entry) for entry in header["hardest"]]
-            summary.total.limbs = arrays["total"]
-            summary.class_sums.limbs = arrays["class_limbs"]
+            first, last = header["limbs"]
+            summary.total.limbs[:, first:last] = arrays["total"]
+            summary.class_sums.limbs[:, first:last] = arrays["class_limbs"]
             summary.class_count = arrays["class_count"]
         return summary
 

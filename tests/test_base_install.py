@@ -98,9 +98,13 @@ def test_eval_validate_inspect_and_attach_run_in_the_base_install(base_venv, inp
     (["export", "--variant", "softmax", "--out", "{tmp}/exported"], "tensorflow"),
     (["validate", "{loss}"], "tensorflow"),
     (["embed", "--savedmodel", "{tmp}", "--output", "x", "--loss", "{loss}", "--out", "{tmp}/embedded"], "tensorflow"),
+    (["eval", "{loss}", "--predictions", "{rows}:logits", "--labels", "{rows}:labels", "--engine", "ray", "--top-k", "0",
+      "--out", "{tmp}/losses"], "ray"),
+    (["eval", "{loss}", "--predictions", "{rows}:logits", "--labels", "{rows}:labels", "--engine", "spark",
+      "--top-k", "0", "--out", "{tmp}/losses"], "spark"),
 ])
 def test_what_needs_an_extra_names_it_in_one_line(base_venv, inputs, tmp_path, args, extra):
-    args = [a.format(tmp=tmp_path, loss=inputs / "loss") for a in args]
+    args = [a.format(tmp=tmp_path, loss=inputs / "loss", rows=inputs / "rows.parquet") for a in args]
     result = run_base(base_venv, *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

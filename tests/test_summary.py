@@ -104,4 +104,6 @@ def test_partial_summaries_round_trip_through_bytes_without_pickle():
 
 def test_summaries_of_different_losses_do_not_merge():
     with pytest.raises(ValueError, match="another loss"):
+        LossSummary(SPARSE, (C,), 2).merge(LossSummary(FocalSpec(variant="sparse_softmax"), (C,), 2))
+    with pytest.raises(ValueError, match="ragged rows across batches"):
         LossSummary(SPARSE, (C,), 2).merge(LossSummary(SPARSE, (C + 1,), 2))
