@@ -150,7 +150,7 @@ def checked_weights(weights: np.ndarray, first_row: int, name: str) -> np.ndarra
     weights = weights.astype(np.float64)
     bad = ~(np.isfinite(weights) & (weights >= 0))
     if bad.any():
-        raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has weight {weights[np.argmax(bad)]!r}; "
+        raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has weight {float(weights[np.argmax(bad)])!r}; "
                          "expected a finite number >= 0")
     return weights
 

@@ -24,9 +24,10 @@ from focal_graph.spec import FocalSpec
 _LIMB_BITS = 32
 _LIMBS = 68
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
-# bincount adds float64s: exact while every bin's sum stays below 2**53. A value puts at most two
-# contributions below 2**32 into one bin, so 2**19 values per call keep every bin below 2**52.
-_CHUNK = 1 << 19
+# bincount adds float64s: exact while every bin's sum stays below 2**53. Mantissas are split in
+# halves below 2**27, so 2**25 values per call keep every bin below 2**52.
+_HALF = 27
+_CHUNK = 1 << 25
 
 
 class ExactSums:
@@ -50,24 +51,35 @@ class ExactSums:
         keys, values = keys[nonzero], values[nonzero]
         if not len(values):
             return
+        # Per (key, exponent), the mantissas' high and low halves summed by bincount: integers
+        # below 2**27 each, so the float64 sums are exact. Only the few non-empty bins are then
+        # shifted into place, not every value.
         bits = values.view(np.uint64)
         exponent = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
         mantissa = (bits & np.uint64((1 << 52) - 1)) | (np.uint64(1 << 52) * (exponent > 0).astype(np.uint64))
-        position = np.maximum(exponent, 1) - 1  # the bit of the value's last mantissa digit
-        limb, offset = position // _LIMB_BITS, (position % _LIMB_BITS).astype(np.uint64)
         sign = np.where(values < 0, -1.0, 1.0)
-        low = (mantissa & np.uint64(_LIMB_MASK)) << offset  # < 2**63
-        high = (mantissa >> np.uint64(_LIMB_BITS)) << offset  # < 2**52
-        first, span = int(limb.min()), int(limb.max()) - int(limb.min()) + 3
-        base = keys * span + (limb - first)
+        lowest, span = int(exponent.min()), int(exponent.max()) - int(exponent.min()) + 1
+        index = keys * span + (exponent - lowest)
         bins = len(self.limbs) * span
-        totals = np.zeros(bins, np.float64)
-        mask = np.uint64(_LIMB_MASK)
-        for shift, part in ((0, low & mask), (1, low >> np.uint64(_LIMB_BITS)), (1, high & mask),
-                            (2, high >> np.uint64(_LIMB_BITS))):
-            totals += np.bincount(base + shift, weights=part.astype(np.float64) * sign, minlength=bins)
-        self.limbs[:, first:first + span] += totals.reshape(len(self.limbs), span).astype(np.int64)
+        high = np.bincount(index, (mantissa >> np.uint64(_HALF)).astype(np.float64) * sign, bins)
+        low = np.bincount(index, (mantissa & np.uint64((1 << _HALF) - 1)).astype(np.float64) * sign, bins)
+        used = np.flatnonzero((high != 0) | (low != 0))
+        key, position = used // span, np.maximum(used % span + lowest, 1) - 1
+        for part, shift in ((low[used], 0), (high[used], _HALF)):
+            self._place(key, position + shift, part)
         self._carry()
+
+    def _place(self, key: np.ndarray, position: np.ndarray, part: np.ndarray) -> None:
+        """Add ``part * 2**position`` (integers below 2**53 in magnitude) to the sums ``key``."""
+        magnitude = np.abs(part).astype(np.uint64)
+        sign = np.where(part < 0, -1, 1).astype(np.int64)
+        limb, offset = position // _LIMB_BITS, (position % _LIMB_BITS).astype(np.uint64)
+        mask, width = np.uint64(_LIMB_MASK), np.uint64(_LIMB_BITS)
+        low = (magnitude & mask) << offset  # < 2**63
+        high = (magnitude >> width) << offset  # < 2**52
+        flat = self.limbs.reshape(-1)
+        for shift, piece in ((0, low & mask), (1, low >> width), (1, high & mask), (2, high >> width)):
+            np.add.at(flat, key * _LIMBS + limb + shift, piece.astype(np.int64) * sign)
 
     def _carry(self) -> None:
         """Keep every limb but the last in [0, 2**32): no int64 overflows however many adds."""
@@ -152,7 +164,7 @@ class LossSummary:
                 self.class_sums.add(label, losses[has_class])
                 self.class_count += np.bincount(label, minlength=self.classes)
         if self.top_k and len(losses):
-            keep = np.argsort(-losses, kind="stable")[: self.top_k]
+            keep = _largest(losses, self.top_k)
             rows = [None] * len(keep) if first_row is None else [first_row + int(i) for i in keep]
             names = [None] * len(keep) if ids is None else [_plain(ids[int(i)]) for i in keep]
             self.hardest = _top(self.hardest + list(zip(losses[keep].tolist(), rows, names)), self.top_k)
@@ -230,6 +242,17 @@ def merge_all(summaries) -> LossSummary | None:
     for summary in summaries:
         merged = summary if merged is None else merged.merge(summary)
     return merged
+
+
+def _largest(losses: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest ``losses``, ties to the lower index (a stable argsort's answer,
+    without sorting the whole batch)."""
+    if len(losses) > k:
+        kth = np.partition(losses, len(losses) - k)[len(losses) - k]
+        candidates = np.flatnonzero(losses >= kth)
+    else:
+        candidates = np.arange(len(losses))
+    return candidates[np.lexsort((candidates, -losses[candidates]))][:k]
 
 
 def _top(entries, k: int) -> list:

@@ -178,3 +178,24 @@ def test_a_flipped_byte_in_a_parquet_file_is_an_error_or_a_checked_result_never_
             assert "\n" not in str(error)
             outcomes.add("refused")
     assert "refused" in outcomes
+
+
+def test_a_weight_column_multiplies_each_loss_and_the_summary_follows(sparse, rows, tmp_path):
+    logits, labels, want = rows
+    weights = np.linspace(0, 2, N)
+    data = table(logits, labels, np.arange(N)).append_column("weight", pa.array(weights))
+    pq.write_table(data, tmp_path / "d.parquet")
+    source = tmp_path / "d.parquet"
+    result = run_cli("eval", sparse, "--predictions", f"{source}:logits", "--labels", f"{source}:labels",
+                     "--weight-column", "weight", "--out", tmp_path / "weighted.npy", "--summary", tmp_path / "s.json",
+                     "--provider", "cpu")
+    assert result.returncode == 0, result.stderr
+    weighted = np.load(tmp_path / "weighted.npy")
+    assert weighted.dtype == np.float64
+    np.testing.assert_allclose(weighted, want * weights, rtol=1e-5, atol=1e-6)
+    assert load_json(tmp_path / "s.json")["sum"] == pytest.approx((want * weights).sum(), rel=1e-5)
+    negative = data.set_column(data.schema.get_field_index("weight"), "weight", pa.array(weights - 1))
+    pq.write_table(negative, tmp_path / "n.parquet")
+    with pytest.raises(UsageError, match="--weight-column: row 0 has weight -1.0; expected a finite number >= 0"):
+        evaluate(sparse, predictions=f"{tmp_path / 'n.parquet'}:logits", labels=f"{tmp_path / 'n.parquet'}:labels",
+                 weight_column="weight", provider="cpu")
