@@ -130,7 +130,6 @@ def _job(ray, job: LossJob, files, destination, batch_size: int, *, local: bool)
     actors = max(1, cpus - 1)
     if use_gpu:
         actors = max(1, gpus)
-    _mark_http_filesystem_absent()
     dataset = ray.data.read_parquet(files, columns=_columns(job), partitioning=None)
     mapped = dataset.map_batches(
         RayLossMapper, fn_constructor_args=(job.artifact,),
@@ -144,19 +143,6 @@ def _job(ray, job: LossJob, files, destination, batch_size: int, *, local: bool)
     sink = _as_datasink(_LossDatasink(None if destination is None else str(destination)))
     mapped.write_datasink(sink)
     return sink.partials
-
-
-def _mark_http_filesystem_absent() -> None:
-    """Ray Data 2.60 resolves paths in several threads, each importing fsspec's HTTP filesystem,
-    which needs aiohttp. Without it, a thread that meets the half-done import of another gets an
-    ImportError Ray does not catch ("cannot import name 'HTTPFileSystem'", seen here on a
-    six-file dataset). Marking the module absent gives every thread the ModuleNotFoundError Ray
-    expects; with aiohttp installed nothing is touched."""
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("aiohttp") is None:
-        sys.modules.setdefault("fsspec.implementations.http", None)
 
 
 def _columns(job: LossJob) -> list[str]:
