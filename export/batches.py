@@ -33,10 +33,10 @@ def column_array(column, name: str, *, first_row: int = 0) -> np.ndarray:
     rows = len(column)
     shape = [rows]
     values = column
-    depth_rows = np.arange(rows)  # for each element at this depth, the row it belongs to
+    per_row = 1  # elements of one row at the current depth: element i belongs to row i // per_row
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
         if values.null_count:
-            raise UsageError(f"{name}: a null in row {first_row + int(depth_rows[_first_null(values)])}")
+            raise UsageError(f"{name}: a null in row {first_row + _first_null(values) // per_row}")
         if pa.types.is_fixed_size_list(values.type):
             width = values.type.list_size
         else:
@@ -44,14 +44,13 @@ def column_array(column, name: str, *, first_row: int = 0) -> np.ndarray:
             width = int(lengths[0]) if len(lengths) else 0
             ragged = np.flatnonzero(lengths != width)
             if ragged.size:
-                row = first_row + int(depth_rows[ragged[0]])
-                raise UsageError(f"{name}: row {row} has a list of {int(lengths[ragged[0]])} values where row "
-                                 f"{first_row + int(depth_rows[0])} has {width} (ragged rows)")
+                raise UsageError(f"{name}: row {first_row + int(ragged[0]) // per_row} has a list of "
+                                 f"{int(lengths[ragged[0]])} values where row {first_row} has {width} (ragged rows)")
         shape.append(width)
-        depth_rows = np.repeat(depth_rows, width)
+        per_row *= width
         values = values.flatten()  # honours the slice's offset, unlike .values
     if values.null_count:
-        raise UsageError(f"{name}: a null in row {first_row + int(depth_rows[_first_null(values)])}")
+        raise UsageError(f"{name}: a null in row {first_row + _first_null(values) // max(per_row, 1)}")
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
         raise UsageError(f"{name}: values of type {values.type}; expected numbers (or lists of numbers)")
     return values.to_numpy(zero_copy_only=False).reshape(shape)

@@ -145,7 +145,7 @@ def inspect_command(artifact, as_json):
 @click.option("--summary", type=click.Path(dir_okay=False), help="Write the summary here (JSON).")
 @click.option("--id-column", help="A column of the predictions' Parquet input to carry into --out and name the hardest rows by.")
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
-@click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch.")
+@click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 4 MiB of predictions fill it).")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
 @click.option("--address", help="--engine ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")

@@ -121,6 +121,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                 extra[flag] = stack.enter_context(sources.open_source(f"{sources.split_name(predictions)[0]}:{name}",
                                                                       flag, (), numeric=flag != "--id-column"))
         check_sources(spec, predicted, truth, extra)
+        batch_size = sources.rows_per_batch(batch_size, predicted)
         dtype = np.float64 if weight_column is not None else np.dtype(spec.dtype)
         sink = sinks.open_sink(out, predicted.rows, dtype) if out is not None else None
         staged_summary = None
@@ -140,7 +141,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                     elif partial.row_shape != row_shape:
                         raise UsageError(f"--predictions: rows from row {start} have shape {partial.row_shape}; "
                                          f"earlier rows have {row_shape} (ragged rows)")
-                    merged = partial if merged is None else merged.merge(partial)
+                    merged = partial if merged is None else merged.absorb(partial)
                 if sink is not None:
                     sink.write(losses)
                 start += batch.num_rows

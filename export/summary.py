@@ -67,7 +67,8 @@ class ExactSums:
         key, position = used // span, np.maximum(used % span + lowest, 1) - 1
         for part, shift in ((low[used], 0), (high[used], _HALF)):
             self._place(key, position + shift, part)
-        self._carry()
+        touched = position // _LIMB_BITS
+        self._carry(int(touched.min()), int(touched.max()) + 4)
 
     def _place(self, key: np.ndarray, position: np.ndarray, part: np.ndarray) -> None:
         """Add ``part * 2**position`` (integers below 2**53 in magnitude) to the sums ``key``."""
@@ -81,20 +82,30 @@ class ExactSums:
         for shift, piece in ((0, low & mask), (1, low >> width), (1, high & mask), (2, high >> width)):
             np.add.at(flat, key * _LIMBS + limb + shift, piece.astype(np.int64) * sign)
 
-    def _carry(self) -> None:
-        """Keep every limb but the last in [0, 2**32): no int64 overflows however many adds."""
+    def _carry(self, first: int = 0, last: int = _LIMBS) -> None:
+        """Keep every limb but the last in [0, 2**32): no int64 overflows however many adds.
+        Only limbs ``first`` to ``last`` can have grown; a carry moves at most 2 limbs up."""
+        last = min(last + 2, _LIMBS)
         for _ in range(2):  # a carry is < 2**32, so a second pass settles what the first moved
-            carry = self.limbs[:, :-1] >> _LIMB_BITS
-            self.limbs[:, :-1] &= _LIMB_MASK
-            self.limbs[:, 1:] += carry
+            carry = self.limbs[:, first:last - 1] >> _LIMB_BITS
+            self.limbs[:, first:last - 1] &= _LIMB_MASK
+            self.limbs[:, first + 1:last] += carry
 
     def merge(self, other: ExactSums) -> ExactSums:
+        merged = ExactSums(0)
+        merged.limbs = self.limbs.copy()
+        return merged.absorb(other)
+
+    def absorb(self, other: ExactSums) -> ExactSums:
+        """Add ``other``'s sums into these (in place); returns self."""
         if other.limbs.shape != self.limbs.shape:
             raise ValueError(f"other: {len(other.limbs)} sums; these are {len(self.limbs)}")
-        merged = ExactSums(len(self.limbs))
-        merged.limbs = self.limbs + other.limbs
-        merged._carry()
-        return merged
+        used = np.flatnonzero(other.limbs.any(axis=0))
+        if len(used):
+            first, last = int(used[0]), int(used[-1]) + 1
+            self.limbs[:, first:last] += other.limbs[:, first:last]
+            self._carry(first, last)
+        return self
 
     def integers(self) -> list[int]:
         """Each sum exactly, in units of 2**-1074."""
@@ -171,17 +182,21 @@ class LossSummary:
 
     def merge(self, other: LossSummary) -> LossSummary:
         """The summary of both inputs' rows together; exact, so associative and commutative."""
+        merged = LossSummary(self.spec, self.row_shape, self.top_k)
+        return merged.absorb(self).absorb(other)
+
+    def absorb(self, other: LossSummary) -> LossSummary:
+        """`merge` in place: add ``other``'s rows to this summary; returns self."""
         if other.row_shape != self.row_shape and (other.spec, other.top_k) == (self.spec, self.top_k):
             raise UsageError(f"rows of shape {self.row_shape} and {other.row_shape} in one input (ragged rows across batches)")
         if (other.spec, other.row_shape, other.top_k) != (self.spec, self.row_shape, self.top_k):
             raise ValueError("other: a summary of another loss, row shape or top_k")
-        merged = LossSummary(self.spec, self.row_shape, self.top_k)
-        merged.count, merged.ignored = self.count + other.count, self.ignored + other.ignored
-        merged.total = self.total.merge(other.total)
-        merged.class_sums = self.class_sums.merge(other.class_sums)
-        merged.class_count = self.class_count + other.class_count
-        merged.hardest = _top(self.hardest + other.hardest, self.top_k)
-        return merged
+        self.count, self.ignored = self.count + other.count, self.ignored + other.ignored
+        self.total.absorb(other.total)
+        self.class_sums.absorb(other.class_sums)
+        self.class_count = self.class_count + other.class_count
+        self.hardest = _top(self.hardest + other.hardest, self.top_k)
+        return self
 
     def as_dict(self) -> dict:
         """The summary fields of `evaluate`'s result."""
@@ -237,10 +252,12 @@ class LossSummary:
 
 
 def merge_all(summaries) -> LossSummary | None:
-    """Every summary merged into one (None for none)."""
+    """Every summary merged into one (None for none); the inputs are left as they were."""
     merged = None
     for summary in summaries:
-        merged = summary if merged is None else merged.merge(summary)
+        if merged is None:
+            merged = LossSummary(summary.spec, summary.row_shape, summary.top_k)
+        merged.absorb(summary)
     return merged
 
 

@@ -83,7 +83,8 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
     """Evaluate with ``engine`` (``ray`` or ``spark``); returns the summary (see `evaluate`)."""
     from export.evaluation import result_dict
 
-    files, columns = _checked_dataset(engine, session.spec, predictions, labels, id_column, weight_column)
+    files, columns, batch_size = _checked_dataset(engine, session.spec, predictions, labels, id_column, weight_column,
+                                                  batch_size)
     if top_k and id_column is None:
         raise UsageError(f"--top-k: --engine {engine} names the hardest rows by --id-column (a distributed read has "
                          "no global row number); pass --id-column, or --top-k 0")
@@ -131,8 +132,9 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
     return result
 
 
-def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column):
-    """The dataset's files and the column names, after the local run's checks on its footers."""
+def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column, batch_size):
+    """The dataset's files, the column names and the rows per batch, after the local run's checks
+    on its footers."""
     from export.evaluation import check_sources
 
     prediction_path, _ = sources.split_name(predictions)
@@ -154,7 +156,8 @@ def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column
         check_sources(spec, predicted, truth, extra)
         columns = {"--predictions": predicted.column, "--labels": truth.column}
         columns.update({flag: source.column for flag, source in extra.items()})
-    return [str(f) for f in files], columns
+        batch_size = sources.rows_per_batch(batch_size, predicted)
+    return [str(f) for f in files], columns, batch_size
 
 
 def check_reachable(flag: str, address: str) -> None:

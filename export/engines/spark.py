@@ -43,7 +43,7 @@ def loss_function(artifact, *, provider: str = "auto", threads: int | None = 1, 
                 yield result
                 continue
             if partial is not None:
-                merged = partial if merged is None else merged.merge(partial)
+                merged = partial if merged is None else merged.absorb(partial)
             if pending is not None:
                 yield with_partial(pending, None)
             pending = result
