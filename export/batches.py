@@ -175,6 +175,8 @@ class BatchEvaluator:
         spec = session.spec
         if spec is None:
             raise UsageError(f"{session.path}: an ONNX file without focalgraph's spec in its metadata")
+        if id_column == LOSS_COLUMN:
+            raise UsageError(f"--id-column: {LOSS_COLUMN!r} is the output's own column; name the id column otherwise")
         true_name, prediction_name = spec.input_names
         self.session, self.spec = session, spec
         self.predictions, self.labels = predictions or prediction_name, labels or true_name

@@ -84,10 +84,11 @@ def _check_options(*, batch_size, top_k, engine, address, master) -> None:
 
 
 def result_dict(session, partial: LossSummary | None, *, artifact_path, predictions, labels, engine: str,
-                spec_row_shape=None) -> dict:
-    """The summary JSON of a run: what ran, then `LossSummary.as_dict`."""
-    if partial is None:  # no rows at all: an empty summary of the loss's own shape
-        shape = spec_row_shape or (session.spec.num_classes or 1,) * (session.spec.rank - 1)
+                row_shape=None) -> dict:
+    """The summary JSON of a run: what ran, then `LossSummary.as_dict`. ``partial`` is None when
+    there were no rows: the summary is then empty, of ``row_shape`` where the files tell it."""
+    if partial is None:
+        shape = row_shape if row_shape and None not in row_shape else (session.spec.num_classes or 1,) * (session.spec.rank - 1)
         partial = LossSummary(session.spec, shape, 0)
     return {
         "artifact": str(artifact_path),
@@ -150,7 +151,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
             if start != predicted.rows:
                 raise UsageError(f"--predictions: {start} rows read; its metadata says {predicted.rows}")
             result = result_dict(session, merged, artifact_path=artifact_path, predictions=predictions, labels=labels,
-                                 engine="local")
+                                 engine="local", row_shape=predicted.row_shape)
             if summary_path is not None:  # both files are complete before either is renamed into place
                 staged_summary = artifact.staged_file(summary_path, artifact.json_bytes(result))
             if sink is not None:

@@ -140,7 +140,7 @@ def _job(ray, job: LossJob, files, destination, batch_size: int, *, local: bool)
         concurrency=actors if local else (1, actors))
     if destination is not None:
         os.makedirs(destination)
-    sink = _as_datasink(_LossDatasink(None if destination is None else str(destination)))
+    sink = _datasink(None if destination is None else str(destination))
     mapped.write_datasink(sink)
     return sink.partials
 
@@ -149,14 +149,12 @@ def _columns(job: LossJob) -> list[str]:
     return list(dict.fromkeys(c for c in (job.predictions, job.labels, job.weights, job.id_column) if c is not None))
 
 
-def _as_datasink(sink):
-    """`_LossDatasink` as a ``ray.data.Datasink`` (a subclass made here, so that importing this
-    module does not import Ray)."""
+def _datasink(directory):
+    """A `_LossDatasink` that is a ``ray.data.Datasink`` (the subclass is made here, so that
+    importing this module does not import Ray)."""
     from ray.data import Datasink
 
     class LossDatasink(_LossDatasink, Datasink):
         pass
 
-    made = LossDatasink.__new__(LossDatasink)
-    made.__dict__.update(sink.__dict__)
-    return made
+    return LossDatasink(directory)
