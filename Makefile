@@ -1,6 +1,6 @@
-# `make install` creates .venv and installs focalgraph into it (editable, with the test, bench and
-# signing extras), once; it reinstalls only when pyproject.toml changes. `make test` installs first
-# if needed.
+# `make install` creates .venv and installs focalgraph into it (editable) with every extra the
+# tests need (tensorflow, test, bench, signing, ray, spark), once; it reinstalls only when
+# pyproject.toml changes. `make test` installs first if needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,signing]'
+	$(BIN)/python -m pip install --quiet -e '.[tensorflow,test,bench,signing,ray,spark]'
 	touch $(STAMP)
 
 # The main job: export and validate the built-in losses (export.exporter.default_specs).

@@ -15,7 +15,11 @@ Importing the package is cheap and loads neither TensorFlow nor onnxruntime. The
   SavedModel, reference.npz) describe one loss, using `export.formula`, a spec's loss as a
   float64 numpy formula (no TensorFlow); `export.signing`: ``sign(...)`` / ``verify(...)``,
   signatures of artifacts (the optional ``signing`` extra).
-- `export.evaluation`: ``evaluate(...)``, per-sample losses of files (no TensorFlow);
+- `export.evaluation`: ``evaluate(...)``, per-sample losses of files and Parquet datasets (no
+  TensorFlow), wiring `export.sources` (readers), `export.batches` (checks, and
+  ``batch_losses`` / ``BatchEvaluator``: an Arrow batch to its losses), `export.sinks` (.npy or
+  Parquet dataset output) and `export.summary` (``LossSummary``: exact, mergeable partial
+  results); `export.engines`: the same on Ray Data or Spark;
   `export.attach`: ``attach(...)``, a loss joined to a model's ONNX graph; `export.embed`:
   ``embed(...)`` / ``embed_keras(...)``, a model and its loss in one SavedModel;
   `export.bench`: ``bench(...)``, speed against Keras and a read-once floor.

@@ -145,17 +145,24 @@ def inspect_command(artifact, as_json, public_key):
 @cli.command("eval")
 @_VERBOSE
 @click.argument("artifact", type=click.Path())
-@click.option("--predictions", required=True, help="Predictions: FILE.npy, FILE.npz[:ARRAY] or FILE.parquet[:COLUMN].")
+@click.option("--predictions", required=True,
+              help="Predictions: FILE.npy, FILE.npz[:ARRAY], FILE.parquet[:COLUMN], or a Parquet dataset DIR[:COLUMN] or 'GLOB[:COLUMN]'.")
 @click.option("--labels", required=True, help="Labels or targets, one row per prediction row (same formats).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the per-sample losses here (.npy).")
+@click.option("--out", type=click.Path(), help="Write the per-sample losses here: FILE.npy, or a new directory (no suffix) for a Parquet dataset.")
 @click.option("--summary", type=click.Path(dir_okay=False), help="Write the summary here (JSON).")
-@click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch.")
+@click.option("--id-column", help="A column of the predictions' Parquet input to carry into --out and name the hardest rows by.")
+@click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
+@click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 4 MiB of predictions fill it).")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
+@click.option("--address", help="--engine ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
+@click.option("--master", help="--engine spark: the Spark master (default local[*]).")
 @_PROVIDER
 @_PUBLIC_KEY
 def eval_command(artifact, **options):
     """Per-sample losses of a file of predictions with ONNX Runtime alone (no TensorFlow)."""
-    from export.evaluation import evaluate, format_summary
+    from export.evaluation import evaluate
+    from export.summary import format_summary
 
     _verify_signature(artifact, options.pop("public_key"))
     summary = evaluate(artifact, progress=sys.stdout.isatty(), **options)

@@ -44,3 +44,9 @@ class ValidationFailed(FocalgraphError):
     def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
+
+
+class MissingExtra(FocalgraphError, ImportError):
+    """An optional dependency is not installed (exit 2); the message names the extra that brings it."""
+
+    exit_code = 2

@@ -15,6 +15,7 @@ import sys
 from typing import Iterator
 
 _verbose = False
+TENSORFLOW_SIDE = "focalgraph's TensorFlow side (export, validation against TensorFlow, embed, bench, Keras losses)"
 
 
 def set_verbose(verbose: bool) -> None:
@@ -48,9 +49,10 @@ def import_tensorflow():
     """``import tensorflow`` with its start-up noise silenced (unless verbose); returns the module."""
     if not _verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with silenced_stderr():
-        import tensorflow as tf
+    from export.extras import require
 
+    with silenced_stderr():
+        tf = require("tensorflow", TENSORFLOW_SIDE)
         tf.zeros(())  # creates the devices now: the CUDA probe logs cuInit errors (E level) here
     if not _verbose:
         tf.get_logger().setLevel(logging.ERROR)
@@ -60,10 +62,13 @@ def import_tensorflow():
 
 def import_tf2onnx():
     """``import tf2onnx`` with its INFO logging turned down (unless verbose)."""
+    from export.extras import require
+
     import_tensorflow()
     with silenced_stderr():
-        import tf2onnx
+        tf2onnx = require("tf2onnx", TENSORFLOW_SIDE)
     if not _verbose:
         tf2onnx.logging.set_level(logging.ERROR)
         logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     return tf2onnx
+

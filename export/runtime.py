@@ -65,8 +65,10 @@ def check_provider(provider: str) -> str:
     return provider
 
 
-def open_session(model, provider: str = "auto") -> RuntimeSession:
-    """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``.
+def open_session(model, provider: str = "auto", threads: int | None = None) -> RuntimeSession:
+    """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``, with
+    ``threads`` intra-op threads (None: ONNX Runtime's default, one per core). Ray and Spark set
+    OMP_NUM_THREADS=1 for their workers, which ONNX Runtime ignores: engines pass ``threads``.
 
     - ``cpu``: the CPU execution provider.
     - ``cuda``: the CUDA provider with TF32 off, or `ProviderError` when it cannot be created
@@ -82,19 +84,22 @@ def open_session(model, provider: str = "auto") -> RuntimeSession:
         if CUDA not in onnxruntime.get_available_providers():
             reason = f"this onnxruntime build ({onnxruntime.__version__}) has no {CUDA}"
         else:
-            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True)
+            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True, threads=threads)
             if session.get_providers()[0] == CUDA:
                 note = "auto: CUDA provider created" if provider == "auto" else ""
                 return _described(session, provider, note)
             reason = f"{CUDA} could not be created (no usable GPU, driver or CUDA libraries; --verbose shows ONNX Runtime's log)"
         if provider == "cuda":
             raise ProviderError(f"--provider cuda: {reason}")
-    session = _session(onnxruntime, model, [CPU], quiet=False)
+    session = _session(onnxruntime, model, [CPU], quiet=False, threads=threads)
     return _described(session, provider, f"auto: using the CPU; {reason}" if provider == "auto" else "")
 
 
-def _session(onnxruntime, model, providers, *, quiet: bool):
+def _session(onnxruntime, model, providers, *, quiet: bool, threads: int | None = None):
     options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if quiet and not verbose():
         options.log_severity_level = 4  # the CUDA probe's failure is reported by us, in one line
@@ -122,7 +127,8 @@ class LossSession:
 
     Imports only onnxruntime and numpy (and focalgraph's numpy-only spec): a host without
     TensorFlow can use it. A directory is checked against its manifest first. ``provider``:
-    ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran.
+    ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran;
+    ``threads``: ONNX Runtime's intra-op threads (default: one per core).
 
     ``session(y_true, predictions)`` returns the per-sample losses, shape (N,); ``forms(...)``
     returns every output (``loss``, ``per_sample``, ``sum``, ``mean``). ONNX Runtime sessions
@@ -130,7 +136,7 @@ class LossSession:
     LossSession serves many threads.
     """
 
-    def __init__(self, path, provider: str = "auto"):
+    def __init__(self, path, provider: str = "auto", threads: int | None = None):
         from pathlib import Path
 
         from export import artifact
@@ -147,7 +153,7 @@ class LossSession:
             raise UsageError(f"{path}: no such artifact directory or .onnx file")
         self.path = path
         try:
-            self.runtime = open_session(str(model), provider)
+            self.runtime = open_session(str(model), provider, threads)
         except ProviderError:
             raise
         except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...
@@ -177,15 +183,41 @@ class LossSession:
         return self.runtime.session.run(["per_sample"], self._feed(y_true, predictions))[0]
 
     def _feed(self, y_true, predictions) -> dict:
-        """The two inputs, their shapes checked against each other: ONNX Runtime does not enforce
-        that the N of the labels is the N of the predictions."""
-        y_true, predictions = np.asarray(y_true), np.asarray(predictions)
+        """The two inputs as the model's input types, their shapes checked against each other:
+        ONNX Runtime does not enforce that the N of the labels is the N of the predictions, and
+        it refuses int32 labels or a Python list with a message of its own."""
+        y_true = self._converted(0, y_true)
+        predictions = self._converted(1, predictions)
         sparse = self.input_names[0] == "labels"
         expected = predictions.shape[:-1] if sparse else predictions.shape
         if y_true.shape != expected:
             raise UsageError(f"{self.input_names[0]}: shape {y_true.shape}; expected {expected} for "
                              f"{self.input_names[1]} of shape {predictions.shape}")
         return dict(zip(self.input_names, (y_true, predictions)))
+
+    def _converted(self, index: int, value) -> np.ndarray:
+        """``value`` (an array or nested lists) as input ``index``'s element type: integer labels
+        of any width become int64, numbers become the model's float type; anything else (float
+        class indices, strings, objects, ragged lists) is a `UsageError` naming the input."""
+        name = self.input_names[index]
+        wanted = _ONNX_TYPES.get(self.runtime.session.get_inputs()[index].type)
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # ragged nested lists
+            raise UsageError(f"{name}: not a rectangular array ({error})") from None
+        kinds = "iu" if wanted == np.int64 else "fiub"
+        if array.dtype.kind not in kinds or wanted is None:
+            expected = "integer class indices" if wanted == np.int64 else "numbers"
+            raise UsageError(f"{name}: dtype {array.dtype}; expected {expected}")
+        if array.dtype == wanted:
+            return array
+        if wanted == np.int64 and array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+            raise UsageError(f"{name}: a label beyond int64 ({int(array.max())}); expected class indices")
+        return array.astype(wanted)
+
+
+_ONNX_TYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(float16)": np.float16,
+               "tensor(double)": np.float64}
 
 
 class BatchLoss:

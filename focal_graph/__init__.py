@@ -34,7 +34,18 @@ __all__ = sorted(_EXPORTS) + ["presets", "__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(_import(_EXPORTS[name]), name)
     if name in ("presets", "keras"):
-        return importlib.import_module(f"focal_graph.{name}")
+        return _import(f"focal_graph.{name}")
     raise AttributeError(f"module 'focal_graph' has no attribute {name!r}")
+
+
+def _import(module: str):
+    """Import ``module``; the base install has no TensorFlow, so say what brings it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name not in ("tensorflow", "keras"):
+            raise
+        raise ModuleNotFoundError(f"{module} needs {error.name}, which is not installed here: "
+                                  "pip install 'focalgraph[tensorflow]'", name=error.name) from None

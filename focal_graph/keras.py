@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import warnings
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+try:
+    import keras
+    import tensorflow as tf
+except ModuleNotFoundError as error:  # the base install has no TensorFlow: say what brings it
+    if error.name not in ("tensorflow", "keras"):
+        raise
+    raise ModuleNotFoundError(f"focal_graph.keras needs {error.name}, which is not installed here: "
+                              "pip install 'focalgraph[tensorflow]'", name=error.name) from None
 
 # Keras reads a loss's mask from this attribute setter; it is not re-exported under keras.backend.
 from keras.src.backend import set_keras_mask

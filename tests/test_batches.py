@@ -1,0 +1,178 @@
+"""`export.batches`: the per-batch function every engine maps, on every Arrow column layout."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import reference
+from exporting import exported
+from export.batches import BatchEvaluator, arrow_column, batch_losses, column_array
+from export.errors import UsageError
+from export.runtime import LossSession
+from focal_graph.spec import FocalSpec
+
+C = 5
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batches")
+    specs = {
+        "sparse": FocalSpec(variant="sparse_softmax", ignore_index=-1, alpha=0.5),
+        "sparse-nhwc": FocalSpec(variant="sparse_softmax", rank=4),
+        "softmax": FocalSpec(variant="softmax"),
+        "sigmoid": FocalSpec(variant="sigmoid", alpha=0.25),
+    }
+    for name, spec in specs.items():
+        exported(root / name, spec, validate=False)
+    return {name: LossSession(root / name, "cpu") for name in specs}
+
+
+def list_column(array: np.ndarray, kind: str):
+    """(N, ...) as a column of the given list kind, nested once per axis after the first."""
+    column = pa.array(array.reshape(-1))
+    for width in reversed(array.shape[1:]):
+        count = len(column) // width
+        offsets = np.arange(0, count * width + 1, width)
+        if kind == "fixed":
+            column = pa.FixedSizeListArray.from_arrays(column, width)
+        elif kind == "list":
+            column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), column)
+        else:
+            column = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)), column)
+    return column
+
+
+@pytest.mark.parametrize("kind", ["fixed", "list", "large"])
+@pytest.mark.parametrize("label_type", [np.int64, np.int32, np.uint8])
+def test_sparse_rank_2_matches_the_session_on_every_layout(sessions, rng, kind, label_type):
+    logits = (rng.normal(size=(64, C)) * 4).astype(np.float32)
+    labels = rng.integers(0, C, 64).astype(label_type)
+    batch = pa.RecordBatch.from_arrays([list_column(logits, kind), pa.array(labels)], ["logits", "labels"])
+    result = batch_losses(sessions["sparse"], batch)
+    assert result.schema.names == ["loss"]
+    np.testing.assert_array_equal(result.column("loss").to_numpy(), sessions["sparse"](labels.astype(np.int64), logits))
+    np.testing.assert_allclose(result.column("loss").to_numpy(), reference.sparse_softmax_focal(labels, logits, alpha=0.5),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "list", "large"])
+def test_nested_lists_carry_rank_4_predictions_and_labels(sessions, rng, kind):
+    logits = rng.normal(size=(6, 3, 2, C)).astype(np.float32)
+    labels = rng.integers(0, C, (6, 3, 2))
+    batch = pa.RecordBatch.from_arrays([list_column(logits, kind), list_column(labels, kind)], ["logits", "labels"])
+    got = batch_losses(sessions["sparse-nhwc"], batch).column("loss").to_numpy()
+    np.testing.assert_array_equal(got, sessions["sparse-nhwc"](labels, logits))
+    np.testing.assert_allclose(got, reference.sparse_softmax_focal(labels, logits).sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid"])
+def test_dense_targets_as_list_columns(sessions, rng, name):
+    logits = rng.normal(size=(40, C)).astype(np.float32)
+    targets = (rng.uniform(size=(40, C)) < 0.3).astype(np.float32)
+    batch = pa.RecordBatch.from_arrays([list_column(logits, "list"), list_column(targets, "fixed")], ["logits", "targets"])
+    got = batch_losses(sessions[name], batch).column("loss").to_numpy()
+    np.testing.assert_array_equal(got, sessions[name](targets, logits))
+
+
+def test_id_column_is_carried_and_weights_multiply(sessions, rng):
+    logits = rng.normal(size=(30, C)).astype(np.float32)
+    labels = rng.integers(0, C, 30)
+    weights = rng.uniform(0, 3, 30)
+    ids = pa.array([f"image-{i}" for i in range(30)])
+    batch = pa.RecordBatch.from_arrays([arrow_column(logits), pa.array(labels), pa.array(weights), ids],
+                                       ["scores", "truth", "w", "key"])
+    result = batch_losses(sessions["sparse"], batch, predictions="scores", labels="truth", weights="w", id_column="key")
+    assert result.schema.names == ["key", "loss"]
+    assert result.column("key").to_pylist() == ids.to_pylist()
+    want = sessions["sparse"](labels, logits).astype(np.float64) * weights
+    np.testing.assert_array_equal(result.column("loss").to_numpy(), want)
+
+
+def test_a_table_of_several_chunks_and_a_sliced_batch_give_the_same_losses(sessions, rng):
+    logits = rng.normal(size=(50, C)).astype(np.float32)
+    labels = rng.integers(0, C, 50)
+    whole = pa.RecordBatch.from_arrays([list_column(logits, "list"), pa.array(labels)], ["logits", "labels"])
+    table = pa.Table.from_batches([whole.slice(0, 17), whole.slice(17)])
+    want = sessions["sparse"](labels, logits)
+    np.testing.assert_array_equal(batch_losses(sessions["sparse"], table).column("loss").to_numpy(), want)
+    np.testing.assert_array_equal(batch_losses(sessions["sparse"], whole.slice(20, 10)).column("loss").to_numpy(),
+                                  want[20:30])
+
+
+def test_evaluator_summary_counts_its_batch(sessions, rng):
+    logits = rng.normal(size=(20, C)).astype(np.float32)
+    labels = rng.integers(0, C, 20)
+    labels[3] = -1
+    batch = pa.RecordBatch.from_arrays([arrow_column(logits), pa.array(labels)], ["logits", "labels"])
+    losses, summary = BatchEvaluator(sessions["sparse"], top_k=3).evaluate(batch, first_row=100)
+    want = reference.sparse_softmax_focal(labels, logits, alpha=0.5, ignore_index=-1)
+    result = summary.as_dict()
+    assert result["count"] == 20 and result["ignored_positions"] == 1
+    assert result["sum"] == pytest.approx(want.sum(), rel=1e-5)
+    assert [h["row"] for h in result["hardest"]] == [100 + int(i) for i in np.argsort(-want, kind="stable")[:3]]
+
+
+def ragged(logits):
+    rows = [list(row) for row in logits]
+    rows[9] = rows[9][:-1]
+    return pa.array(rows, type=pa.list_(pa.float32()))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("ragged", "column 'logits': row 9 has a list of 4 values where row 0 has 5 (ragged rows)"),
+    ("null-row", "column 'logits': a null in row 4"),
+    ("null-value", "column 'labels': a null in row 6"),
+    ("missing", "column 'labels': not in the batch (it has: logits, other)"),
+    ("strings", "column 'labels': values of type string; expected numbers (or lists of numbers)"),
+    ("float-labels", "column 'labels': dtype float64; expected integer class indices"),
+])
+def test_bad_columns_are_one_line_errors_naming_column_and_row(sessions, rng, case, message):
+    logits = rng.normal(size=(12, C)).astype(np.float32)
+    labels = rng.integers(0, C, 12)
+    columns = {"logits": arrow_column(logits), "labels": pa.array(labels)}
+    if case == "ragged":
+        columns["logits"] = ragged(logits)
+    elif case == "null-row":
+        rows = [list(row) for row in logits]
+        rows[4] = None
+        columns["logits"] = pa.array(rows, type=pa.list_(pa.float32()))
+    elif case == "null-value":
+        columns["labels"] = pa.array([None if i == 6 else int(v) for i, v in enumerate(labels)], pa.int64())
+    elif case == "missing":
+        columns = {"logits": columns["logits"], "other": columns["labels"]}
+    elif case == "strings":
+        columns["labels"] = pa.array([str(v) for v in labels])
+    elif case == "float-labels":
+        columns["labels"] = pa.array(labels.astype(np.float64))
+    batch = pa.RecordBatch.from_arrays(list(columns.values()), list(columns))
+    with pytest.raises(UsageError) as error:
+        batch_losses(sessions["sparse"], batch)
+    assert str(error.value) == message
+
+
+def test_column_array_is_the_inverse_of_arrow_column(rng):
+    array = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(column_array(arrow_column(array), "x"), array)
+    assert column_array(arrow_column(np.zeros((0, 3), np.float32)), "x").shape == (0, 3)
+
+
+def test_loss_session_converts_narrow_labels_and_python_lists(sessions, rng):
+    session = sessions["sparse"]
+    logits = rng.normal(size=(8, C)).astype(np.float32)
+    labels = rng.integers(0, C, 8)
+    want = session(labels, logits)
+    np.testing.assert_array_equal(session(labels.astype(np.int32), logits), want)
+    np.testing.assert_array_equal(session(labels.tolist(), logits.tolist()), want)
+    np.testing.assert_array_equal(session(labels, logits.astype(np.float64)), want)
+
+
+@pytest.mark.parametrize("labels, logits, message", [
+    ([0.0, 1.0], [[1.0, 2.0], [3.0, 4.0]], "labels: dtype float64; expected integer class indices"),
+    (["a", "b"], [[1.0, 2.0], [3.0, 4.0]], "labels: dtype <U1; expected integer class indices"),
+    ([0, 1], [[1.0, 2.0], [3.0]], "logits: not a rectangular array"),
+    ([0, 1], [["x", "y"], ["z", "w"]], "logits: dtype <U1; expected numbers"),
+])
+def test_loss_session_refuses_what_it_cannot_convert_naming_the_input(sessions, labels, logits, message):
+    with pytest.raises(UsageError, match=message.replace("(", "\\(")):
+        sessions["sparse"](labels, logits)

@@ -1,0 +1,109 @@
+"""`export.summary`: partial results whose merge is exact, so any split and order gives one answer."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from export.summary import ExactSums, LossSummary, merge_all
+from focal_graph.spec import FocalSpec
+
+C = 4
+SPARSE = FocalSpec(variant="sparse_softmax", ignore_index=-1)
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# losses as they come: >= 0, from subnormal to large, with float32-sized ones and exact ties
+losses = st.one_of(st.floats(min_value=0, max_value=1e6, width=32), st.floats(min_value=0, max_value=1e300),
+                   st.sampled_from([0.0, 5e-324, 1.0, 2.5]))
+
+
+def exact(values) -> float:
+    """The correctly rounded sum: Fractions hold every float64 exactly."""
+    return float(sum((Fraction(v) for v in values), Fraction(0)))
+
+
+def split(values, cuts):
+    bounds = sorted({min(c, len(values)) for c in cuts} | {0, len(values)})
+    return [values[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@given(st.lists(finite.filter(lambda v: abs(v) < 1e307), max_size=60), st.lists(st.integers(0, 60), max_size=6),
+       st.randoms(use_true_random=False))
+def test_exact_sums_are_correctly_rounded_whatever_the_split_and_merge_order(values, cuts, random):
+    parts = []
+    for chunk in split(values, cuts):
+        part = ExactSums(1)
+        part.add(np.zeros(len(chunk), np.int64), np.array(chunk, np.float64))
+        parts.append(part)
+    random.shuffle(parts)
+    merged = ExactSums(1)
+    for part in parts:
+        merged = part.merge(merged) if random.random() < 0.5 else merged.merge(part)
+    assert merged.floats()[0] == exact(values)
+
+
+@given(st.lists(st.tuples(st.integers(0, C - 1), finite.filter(lambda v: abs(v) < 1e300)), max_size=80))
+def test_keyed_sums_are_exact_per_key(pairs):
+    sums = ExactSums(C)
+    sums.add(np.array([k for k, _ in pairs], np.int64), np.array([v for _, v in pairs], np.float64))
+    assert sums.floats() == [exact([v for k, v in pairs if k == key]) for key in range(C)]
+
+
+def test_a_sum_that_cancels_is_exactly_zero_and_tiny_terms_survive():
+    sums = ExactSums(1)
+    sums.add(np.zeros(4, np.int64), np.array([1e300, 5e-324, -1e300, 5e-324]))
+    assert sums.floats() == [1e-323]
+    big = ExactSums(1)
+    big.add(np.zeros(2, np.int64), np.array([1.7e308, 1.7e308]))
+    assert big.floats() == [float("inf")]
+
+
+def summary_of(rows, labels, losses, top_k=3):
+    summary = LossSummary(SPARSE, (C,), top_k)
+    summary.add(np.array(losses, np.float64), np.array(labels, np.int64), first_row=rows)
+    return summary
+
+
+batches = st.lists(st.tuples(st.integers(-1, C - 1), losses), min_size=1, max_size=40)
+
+
+@given(batches, st.lists(st.integers(0, 40), max_size=5), st.randoms(use_true_random=False))
+def test_merge_is_order_independent_and_equals_the_whole(rows, cuts, random):
+    labels, values = [r[0] for r in rows], [r[1] for r in rows]
+    whole = summary_of(0, labels, values).as_dict()
+    parts, start = [], 0
+    for chunk in split(list(range(len(rows))), cuts):
+        parts.append(summary_of(start, [labels[i] for i in chunk], [values[i] for i in chunk]))
+        start += len(chunk)
+    random.shuffle(parts)
+    while len(parts) > 1:  # a random merge tree: associativity and commutativity both exercised
+        i = random.randrange(len(parts) - 1)
+        parts[i:i + 2] = [parts[i].merge(parts[i + 1]) if random.random() < 0.5 else parts[i + 1].merge(parts[i])]
+    assert parts[0].as_dict() == whole
+    counted = [(lab, v) for lab, v in zip(labels, values) if lab != -1]
+    assert whole["sum"] == exact(values)
+    assert whole["ignored_positions"] == labels.count(-1)
+    for entry in whole["per_class"]:
+        members = [v for lab, v in counted if lab == entry["class"]]
+        assert entry["count"] == len(members)
+        assert entry["mean_loss"] == (exact(members) / len(members) if members else None)
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:3]
+    assert [(h["row"], h["loss"]) for h in whole["hardest"]] == [(i, values[i]) for i in order]
+
+
+def test_partial_summaries_round_trip_through_bytes_without_pickle():
+    summary = LossSummary(SPARSE, (C,), 2)
+    summary.add(np.array([0.5, 2.0, 1e-30]), np.array([0, 3, -1]), first_row=None, ids=["a", "b", "c"])
+    again = LossSummary.from_bytes(summary.to_bytes())
+    assert again.as_dict() == summary.as_dict()
+    assert [h["id"] for h in again.as_dict()["hardest"]] == ["b", "a"]
+    assert merge_all([again, summary]).as_dict()["count"] == 6
+
+
+def test_summaries_of_different_losses_do_not_merge():
+    with pytest.raises(ValueError, match="another loss"):
+        LossSummary(SPARSE, (C,), 2).merge(LossSummary(FocalSpec(variant="sparse_softmax"), (C,), 2))
+    with pytest.raises(ValueError, match="ragged rows across batches"):
+        LossSummary(SPARSE, (C,), 2).merge(LossSummary(SPARSE, (C + 1,), 2))
