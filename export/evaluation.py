@@ -182,17 +182,15 @@ def check_outputs(artifact_path, out, summary, predictions, labels) -> None:
     inputs = {"ARTIFACT": artifact_path, "--predictions": sources.input_paths(predictions),
               "--labels": sources.input_paths(labels)}
     if out is not None:
+        # a name without a suffix is a dataset directory, unless it names an existing non-directory
+        # (/dev/null), which the file rules refuse as not a regular file
+        directory = sinks.is_dataset_path(out) and not (os.path.lexists(out) and not os.path.isdir(out))
+        writing.check_outputs({"--out": out}, inputs, directory=directory)
         sinks.check_destination(out)
-        writing.check_outputs({"--out": out}, inputs, directory=sinks.is_dataset_path(out))
     if summary is not None:
         checked = writing.check_outputs({"--summary": summary}, inputs)["--summary"]
         if out is not None and checked == Path(os.path.realpath(out)):
             raise UsageError(f"--summary: {summary} is also --out; write outputs to files of their own")
-    for flag, written in outputs:
-        for input_flag, read in inputs:
-            if written == read or written.startswith(read.rstrip(os.sep) + os.sep):
-                path = out if flag == "--out" else summary
-                raise UsageError(f"{flag}: {path} is also {input_flag}, or inside it; write outputs to files of their own")
 
 
 def _progress_bar(rows: int, enabled: bool):

@@ -157,9 +157,9 @@ def test_an_output_inside_an_input_is_refused_and_nothing_changes(workspace, mon
 
 def test_two_outputs_of_one_command_may_not_be_one_file(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    (workspace / "same.json").symlink_to(workspace / "other.json")
+    (workspace / "same.json").symlink_to(workspace / "other.npy")
     line = one_line_error(run_main("eval", "art", "--predictions", "logits.npy", "--labels", "labels.npy", "--out",
-                                   "other.json", "--summary", "same.json"), "eval")
+                                   "other.npy", "--summary", "same.json"), "eval")
     assert "--summary: same.json is also --out" in line
     assert sorted(p.name for p in workspace.iterdir()) == ["art", "labels.npy", "link", "logits.npy", "same.json"]
 
