@@ -185,6 +185,8 @@ def check_outputs(artifact_path, out, summary, predictions, labels) -> None:
         # a name without a suffix is a dataset directory, unless it names an existing non-directory
         # (/dev/null), which the file rules refuse as not a regular file
         directory = sinks.is_dataset_path(out) and not (os.path.lexists(out) and not os.path.isdir(out))
+        if directory and os.path.lexists(out):
+            sinks.check_destination(out)  # eval never replaces a directory (it has no --force)
         writing.check_outputs({"--out": out}, inputs, directory=directory)
         sinks.check_destination(out)
     if summary is not None:
