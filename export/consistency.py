@@ -25,6 +25,8 @@ numpy and onnxruntime only, no TensorFlow: a serving host checks its artifacts t
 
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import zipfile
 import zlib
@@ -156,17 +158,25 @@ def confirm_loss(path, spec: Optional[FocalSpec], model=None) -> None:
 # Witnesses
 
 
+@contextlib.contextmanager
+def reading_reference(path: Path):
+    """A damaged ``reference.npz`` (not a zip, a bad member, a missing key) as one `ArtifactError`
+    naming it."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = (error.strerror if isinstance(error, OSError) else None) or error
+        raise ArtifactError(f"{path}: unreadable ({type(error).__name__}: {reason})") from None
+
+
 def stored_cases(directory) -> tuple[list[Case], dict]:
     """``reference.npz``'s inputs and outputs, read without a spec (a spec.json that names other
     inputs must not make the reference look unreadable). `ArtifactError` when it is."""
     path = Path(directory) / artifact.REFERENCE
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; the artifact's files cannot be checked against each other without it")
-    try:
+    with reading_reference(path):
         cases, outputs = read_reference(path, FORMS)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        reason = (error.strerror if isinstance(error, OSError) else None) or error
-        raise ArtifactError(f"{path}: unreadable ({type(error).__name__}: {reason})") from None
     if len({case.name for case in cases}) != len(cases) or any(len(case.inputs) != 2 for case in cases):
         raise ArtifactError(f"{path}: unreadable (not two inputs and four outputs per case, each case named once)")
     return cases, outputs

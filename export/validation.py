@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import zipfile
-import zlib
 from pathlib import Path
 
 from export import artifact, consistency, writing
@@ -65,11 +63,8 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         # the stored cases as stored (a spec.json naming other inputs is for the consistency
         # check to name), then the realistic case, regenerated from its seed
         cases, expected = list(stored), dict(stored_outputs)
-        try:
+        with consistency.reading_reference(directory / artifact.REFERENCE):
             realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, FORMS)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-            reason = (error.strerror if isinstance(error, OSError) else None) or error
-            raise ArtifactError(f"{directory / artifact.REFERENCE}: unreadable ({type(error).__name__}: {reason})") from None
         cases += realistic
         expected.update(realistic_outputs)
         source = artifact.REFERENCE
