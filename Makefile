@@ -25,8 +25,9 @@ artifacts: install
 bench: artifacts
 	$(BIN)/focalgraph bench --json docs/bench.json
 
+# One worker per core (at most 4: each imports TensorFlow), tests handed out as workers free up.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 demo: install
 	$(BIN)/python examples/seeds.py
