@@ -13,6 +13,7 @@ from pathlib import Path
 
 from export.errors import UsageError
 from focal_graph.spec import PRESETS, VARIANTS, FocalSpec
+from focal_graph.weights import WEIGHTINGS
 
 # Option name -> FocalSpec field. Every field has an option.
 SPEC_OPTIONS = {
@@ -72,6 +73,8 @@ def spec_from_options(*, preset=None, variant=None, spec=None, **options) -> Foc
             continue
         if name in LIST_OPTIONS and isinstance(value, str):
             value = _numbers(name, value)
+        if name == "weighting" and isinstance(value, str):
+            value = _name("--weighting", value, WEIGHTINGS)
         overrides[SPEC_OPTIONS[name]] = value
     for field in overrides:
         for derived in _DERIVED.get(field, ()):
