@@ -83,7 +83,7 @@ def spec_from_keras(loss) -> FocalSpec:
     """
     if isinstance(getattr(loss, "spec", None), FocalSpec):
         return loss.spec
-    import keras  # TensorFlow's side, loaded only for Keras's own losses
+    keras = _keras()
 
     if isinstance(loss, str) or callable(loss) and not isinstance(loss, keras.losses.Loss):
         loss = _keras_focal_instance(loss)
@@ -132,8 +132,7 @@ def _keras_focal_instance(loss):
     """Keras's focal-loss function, or a name ``compile`` takes, as the class with its defaults:
     ``binary_focal_crossentropy(y_true, y_pred)`` is ``BinaryFocalCrossentropy()(y_true, y_pred)``
     before reduction."""
-    import keras
-
+    keras = _keras()
     functions = {
         keras.losses.binary_focal_crossentropy: keras.losses.BinaryFocalCrossentropy,
         keras.losses.categorical_focal_crossentropy: keras.losses.CategoricalFocalCrossentropy,
@@ -145,6 +144,18 @@ def _keras_focal_instance(loss):
         return functions[function]()
     raise ValueError(f"loss: {_described(loss)} is not a focal loss (expected focalgraph's Keras losses, "
                      "keras.losses.BinaryFocalCrossentropy or keras.losses.CategoricalFocalCrossentropy)")
+
+
+def _keras():
+    """Keras, imported only to translate one of its losses; without it, say what brings it."""
+    try:
+        import keras
+    except ModuleNotFoundError as error:
+        if error.name not in ("keras", "tensorflow"):
+            raise
+        raise ModuleNotFoundError(f"FocalSpec.from_keras needs {error.name}, which is not installed here: "
+                                  "pip install 'focalgraph[tensorflow]'", name=error.name) from None
+    return keras
 
 
 def _keras_names() -> tuple[str, ...]:
