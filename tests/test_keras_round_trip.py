@@ -270,3 +270,27 @@ def test_unknown_weighting_is_one_line_naming_the_flag(tmp_path):
     result = run_main("export", "--variant", "softmax", "--class-counts", "1,2", "--weighting", "sqrt", "--out", tmp_path / "x")
     assert "--weighting: expected one of inverse-frequency, effective-number, got 'sqrt'" in one_line_error(result, "export")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the README's example ---------------------------------------------------------------------------
+
+def test_readme_keras_example_runs_as_written(tmp_path, capsys):
+    import re
+    import shlex
+
+    from exporting import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("#### From a trained Keras model to an artifact"):]
+    python_block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    sh_block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    work = str(tmp_path / "keras-example")
+    exec(python_block.replace("/tmp/focalgraph-keras", work), {})
+    assert capsys.readouterr().out.split() == ["mean", "0.25"]
+    command = shlex.split(sh_block.replace("/tmp/focalgraph-keras", work))
+    assert command[0] == ".venv/bin/focalgraph"
+    result = run_main(*command[1:])
+    assert result.returncode == 0 and "matches TensorFlow" in result.stdout, result.stderr
+    spec = FocalSpec.from_json((tmp_path / "keras-example" / "loss" / "spec.json").read_text())
+    assert spec == FocalSpec(variant="sparse_softmax", alpha=[0.25, 1.0, 1.0, 1.0], ignore_index=-1, num_classes=4,
+                             reduction="mean")
