@@ -1,9 +1,10 @@
 """``export --keras MODEL.keras``: the loss a saved Keras model was compiled with, as a `FocalSpec`.
 
 The model is rebuilt from the archive's ``config.json`` alone (Keras's own deserialisation, in
-its safe mode, which refuses to run code stored in the file); its weights are never read. The
-loss comes from `FocalSpec.from_keras`; the model's output fixes the spec's ``rank`` and, where it
-is known, the class count C.
+its safe mode, which refuses to run code stored in the file), and its compiled loss deserialised
+on its own: the weights are never read and no optimizer state is created, whatever the model's
+size. The loss comes from `FocalSpec.from_keras`; the model's output fixes the spec's ``rank``
+and, where it is known, the class count C.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def spec_from_keras_model(path) -> FocalSpec:
     focal loss or an argument of it that does not translate."""
     path = Path(path)
     config = _model_config(path)
-    if not config.get("compile_config"):
+    loss_config = (config.get("compile_config") or {}).get("loss")
+    if loss_config is None:
         raise UsageError(f"--keras: {path} was saved without a compiled loss (compile the model, then save it)")
 
     from export.quiet import import_tensorflow, silenced_stderr
@@ -39,11 +41,13 @@ def spec_from_keras_model(path) -> FocalSpec:
 
     try:
         with silenced_stderr():
-            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+            # compile_config None: compiling would build the optimizer's variables, as large as the weights
+            model = keras.saving.deserialize_keras_object({**config, "compile_config": None}, safe_mode=True)
+            losses = keras.saving.deserialize_keras_object(loss_config, safe_mode=True)
     except Exception as error:  # noqa: BLE001 -- whatever Keras raises on a config it cannot rebuild
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"--keras: Keras cannot rebuild the model in {path} ({reason})") from None
-    loss, output_shape = _the_loss(path, model)
+    loss, output_shape = _the_loss(path, model, losses)
     try:
         spec = FocalSpec.from_keras(loss)
     except ValueError as error:
@@ -79,11 +83,11 @@ def _model_config(path: Path) -> dict:
     return config
 
 
-def _the_loss(path: Path, model):
-    """The one loss, and the shape of the output it scores (None if the model does not say)."""
+def _the_loss(path: Path, model, loss):
+    """The one loss of ``loss`` (what ``compile`` took: a loss, or one per output), and the shape of
+    the output it scores (None if the model does not say)."""
     names = list(getattr(model, "output_names", None) or [])
     shapes = [tuple(output.shape) for output in getattr(model, "outputs", None) or []]
-    loss = getattr(model, "loss", None)
     if isinstance(loss, dict):
         given = {name: value for name, value in loss.items() if value is not None}
     elif isinstance(loss, (list, tuple)):

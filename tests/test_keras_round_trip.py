@@ -228,6 +228,19 @@ def test_export_keras_on_the_command_line_says_keras_clip_in_one_line(tmp_path):
     assert FocalSpec.from_json((tmp_path / "loss" / "spec.json").read_text()).variant == "softmax"
 
 
+def test_export_keras_reads_the_config_not_the_weights(tmp_path):
+    import zipfile
+
+    saved = saved_model(tmp_path / "saved.keras", focal_keras.SigmoidFocalLoss(alpha=0.25))
+    without_weights = tmp_path / "without-weights.keras"
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(without_weights, "w") as copy:
+        for member in source.namelist():
+            if member != "model.weights.h5":
+                copy.writestr(member, source.read(member))
+    spec = export(tmp_path / "loss", keras=without_weights, format="onnx", validate=False, provider="cpu").spec
+    assert spec == FocalSpec(variant="sigmoid", alpha=0.25, num_classes=NUM_CLASSES, reduction="mean")
+
+
 @pytest.mark.parametrize("case, named", [
     ("with-variant", "--preset/--variant/--spec/--keras: give exactly one"),
     ("not-a-model", "is not a .keras model (not a zip archive)"),
