@@ -85,12 +85,12 @@ def spec_from_keras(loss) -> FocalSpec:
         return loss.spec
     keras = _keras()
 
-    if isinstance(loss, str) or callable(loss) and not isinstance(loss, keras.losses.Loss):
+    if isinstance(loss, str) or (callable(loss) and not isinstance(loss, keras.losses.Loss)):
         loss = _keras_focal_instance(loss)
     name = type(loss).__name__
+    # Keras's own classes only: a subclass may compute anything
     if name not in KERAS_FOCAL_LOSSES or type(loss) is not getattr(keras.losses, name):
-        raise ValueError(f"loss: {_described(loss)} is not a focal loss (expected focalgraph's Keras losses, "
-                         "keras.losses.BinaryFocalCrossentropy or keras.losses.CategoricalFocalCrossentropy)")
+        raise _not_focal(loss)
     config = loss.get_config()
     fields = _shared_fields(config, name, keras.config.epsilon())
     if name == "CategoricalFocalCrossentropy":
@@ -142,8 +142,7 @@ def _keras_focal_instance(loss):
         return function
     if function in functions:
         return functions[function]()
-    raise ValueError(f"loss: {_described(loss)} is not a focal loss (expected focalgraph's Keras losses, "
-                     "keras.losses.BinaryFocalCrossentropy or keras.losses.CategoricalFocalCrossentropy)")
+    raise _not_focal(loss)
 
 
 def _keras():
@@ -162,7 +161,7 @@ def _keras_names() -> tuple[str, ...]:
     return KERAS_FOCAL_LOSSES + ("binary_focal_crossentropy", "categorical_focal_crossentropy")
 
 
-def _described(loss) -> str:
-    if isinstance(loss, str):
-        return repr(loss)
-    return getattr(loss, "__name__", None) or type(loss).__name__
+def _not_focal(loss) -> ValueError:
+    described = repr(loss) if isinstance(loss, str) else getattr(loss, "__name__", None) or type(loss).__name__
+    return ValueError(f"loss: {described} is not a focal loss (expected focalgraph's Keras losses, "
+                      "keras.losses.BinaryFocalCrossentropy or keras.losses.CategoricalFocalCrossentropy)")
