@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 
 from export.errors import UsageError
+from focal_graph.keras_specs import UntranslatedWarning
 from focal_graph.spec import FocalSpec
 
 MAX_CONFIG_BYTES = 64 << 20  # a model's config.json; this bounds what --keras reads into memory
@@ -47,12 +49,13 @@ def spec_from_keras_model(path) -> FocalSpec:
     except Exception as error:  # noqa: BLE001 -- whatever Keras raises on a config it cannot rebuild
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"--keras: Keras cannot rebuild the model in {path} ({reason})") from None
-    loss, output_shape = _the_loss(path, model, losses)
+    loss, output = _the_loss(path, model, losses)
     try:
         spec = FocalSpec.from_keras(loss)
     except ValueError as error:
         raise UsageError(f"--keras: {path}: {error}") from None
-    return _at_model_output(path, spec, output_shape)
+    _warn_if_trained_from_logits(loss, spec, output)
+    return _at_model_output(path, spec, None if output is None else tuple(output.shape))
 
 
 def _model_config(path: Path) -> dict:
@@ -84,10 +87,10 @@ def _model_config(path: Path) -> dict:
 
 
 def _the_loss(path: Path, model, loss):
-    """The one loss of ``loss`` (what ``compile`` took: a loss, or one per output), and the shape of
-    the output it scores (None if the model does not say)."""
-    names = list(getattr(model, "output_names", None) or [])
-    shapes = [tuple(output.shape) for output in getattr(model, "outputs", None) or []]
+    """The one loss of ``loss`` (what ``compile`` took: a loss, or one per output), and the model
+    output it scores (None if the model does not say)."""
+    outputs = list(getattr(model, "outputs", None) or [])
+    names = list(getattr(model, "output_names", None) or [])  # Sequential models have none
     if isinstance(loss, dict):
         given = {name: value for name, value in loss.items() if value is not None}
     elif isinstance(loss, (list, tuple)):
@@ -99,12 +102,27 @@ def _the_loss(path: Path, model, loss):
     if len(given) > 1:
         raise UsageError(f"--keras: {path} has a loss for each of the outputs {', '.join(map(str, given))}; "
                          "export one of them with --variant/--spec")
-    (output, loss), = given.items()
-    if output is None:
-        shape = shapes[0] if len(set(shapes)) == 1 else None  # one output, or the same loss on equal outputs
-    else:
-        shape = shapes[names.index(output)] if output in names and len(shapes) == len(names) else None
-    return loss, shape
+    (name, loss), = given.items()
+    if len(outputs) == 1:
+        return loss, outputs[0]
+    if name in names and len(outputs) == len(names):
+        return loss, outputs[names.index(name)]
+    return loss, None
+
+
+def _warn_if_trained_from_logits(loss, spec: FocalSpec, output) -> None:
+    """Keras's BinaryFocalCrossentropy on probabilities takes its cross-entropy from the logits of
+    a sigmoid activation when there is one (keras/src/backend/tensorflow/nn.py, ``_get_logits``),
+    without a clip; the spec has only the probabilities. Said in one line."""
+    if isinstance(getattr(loss, "spec", None), FocalSpec) or spec.variant != "sigmoid" or spec.from_logits:
+        return  # focalgraph's own losses never look behind the activation
+    layer = getattr(getattr(output, "_keras_history", None), "operation", None)
+    if getattr(getattr(layer, "activation", None), "__name__", None) == "sigmoid":
+        warnings.warn(
+            f"from_logits: the model's output is a sigmoid activation, and Keras's BinaryFocalCrossentropy took its "
+            f"cross-entropy from that activation's logits, unclipped; the spec takes the probabilities, clipped to "
+            f"[{spec.epsilon:g}, 1 - {spec.epsilon:g}]: the losses agree while every probability is in that range",
+            UntranslatedWarning, stacklevel=3)
 
 
 def _at_model_output(path: Path, spec: FocalSpec, shape) -> FocalSpec:

@@ -74,6 +74,9 @@ def spec_from_keras(loss) -> FocalSpec:
       and ``None`` are refused. From probabilities Keras clips p in the cross-entropy but not in
       the focal factor, the spec in both: they differ by at most a factor ``(1 - epsilon)**gamma``
       (p below epsilon) or by ``epsilon**(gamma + 1)`` absolute (p above 1 - epsilon).
+      On a sigmoid activation's output Keras takes the cross-entropy from the activation's logits
+      instead, unclipped; a loss object cannot see that (``export --keras`` sees the model and
+      warns, `export.keras_model`).
     - ``axis``: only -1 (the class axis last) translates, until `FocalSpec` has an ``axis`` field.
     - ``dtype``: a loss computing in float64 (or float16) gives a spec of that dtype
       (`keras_dtype_field`). ``name`` is not part of the loss.

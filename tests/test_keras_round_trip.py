@@ -228,6 +228,32 @@ def test_export_keras_on_the_command_line_says_keras_clip_in_one_line(tmp_path):
     assert FocalSpec.from_json((tmp_path / "loss" / "spec.json").read_text()).variant == "softmax"
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_export_keras_says_when_keras_took_the_cross_entropy_from_a_sigmoid_s_logits(tmp_path, activation):
+    """Keras's BinaryFocalCrossentropy on a sigmoid activation's output uses the logits behind it:
+    a confidently wrong p (logit -30) costs 30 in training, 16.1 in the spec (p clipped at 1e-7)."""
+    logits = keras.ops.convert_to_tensor([[-30.0]])
+    activated = keras.activations.sigmoid(logits)
+    loss = keras.losses.BinaryFocalCrossentropy(gamma=0.0)
+    positive = np.ones((1, 1), np.float32)
+    assert keras.ops.convert_to_numpy(loss(positive, activated)) == pytest.approx(30.0)
+    assert keras.ops.convert_to_numpy(loss(positive, keras.ops.convert_to_numpy(activated))) == pytest.approx(-np.log(1e-7))
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(NUM_CLASSES, activation=activation)])
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryFocalCrossentropy())
+    model.save(tmp_path / "model.keras")
+    result = run_main("export", "--keras", tmp_path / "model.keras", "--format", "onnx", "--no-validate", "--provider", "cpu",
+                      "--out", tmp_path / "loss")
+    assert result.returncode == 0, result.stderr
+    if activation is None:
+        assert result.stderr == ""
+    else:
+        assert result.stderr.strip().splitlines() == [
+            "focalgraph export: warning: from_logits: the model's output is a sigmoid activation, and Keras's "
+            "BinaryFocalCrossentropy took its cross-entropy from that activation's logits, unclipped; the spec takes the "
+            "probabilities, clipped to [1e-07, 1 - 1e-07]: the losses agree while every probability is in that range"]
+
+
 def test_export_keras_reads_the_config_not_the_weights(tmp_path):
     import zipfile
 
