@@ -7,9 +7,11 @@ Every command's options are the keyword arguments of the function it calls (``ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+import warnings
 
 import click
 
@@ -21,8 +23,8 @@ _SPEC_OPTIONS = [
     click.option("--alpha", help="A number, or one per class (comma-separated)."),
     click.option("--class-weight", help="One weight per class, comma-separated."),
     click.option("--class-counts", help="Training samples per class, comma-separated: derives class weights."),
-    click.option("--weighting", help="inverse_frequency | effective_number (with --class-counts)."),
-    click.option("--beta", type=float, help="effective_number's beta (default 0.999)."),
+    click.option("--weighting", help="inverse-frequency | effective-number (with --class-counts)."),
+    click.option("--beta", type=float, help="effective-number's beta (default 0.999)."),
     click.option("--from-logits/--from-probs", "from_logits", default=None, help="Predictions are logits (default) or probabilities."),
     click.option("--label-smoothing", type=float, help="Label smoothing in [0, 1]."),
     click.option("--ignore-index", type=int, help="Label value whose positions are left out (sparse losses)."),
@@ -77,6 +79,8 @@ def cli(verbose):
 @click.option("--preset", help="multilabel-lsr | multi-category | sparse-softmax (the seeds' losses).")
 @click.option("--variant", help="sparse-softmax | softmax | sigmoid.")
 @click.option("--spec", type=click.Path(dir_okay=False), help="A FocalSpec JSON file (spec.json of an artifact).")
+@click.option("--keras", type=click.Path(dir_okay=False),
+              help="A .keras model file: the loss it was compiled with, at its output's rank and class count.")
 @_with(_SPEC_OPTIONS)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 @click.option("--format", "format", default="savedmodel,onnx", show_default=True, help="savedmodel, onnx or both.")
@@ -90,7 +94,8 @@ def export_command(out, no_validate, **options):
     """Export one loss to an artifact directory (spec, SavedModel, ONNX, reference, report)."""
     from export.exporter import export
 
-    result = export(out, validate=not no_validate, **options)
+    with _untranslated_as_one_line("focalgraph export"):
+        result = export(out, validate=not no_validate, **options)
     click.echo(_exported(result))
 
 
@@ -250,6 +255,25 @@ def _verify_signature(artifact, public_key) -> None:
         from export.signing import verify
 
         verify(artifact, public_key)
+
+
+@contextlib.contextmanager
+def _untranslated_as_one_line(prefix: str):
+    """`FocalSpec.from_keras`'s note on a Keras argument it does not reproduce, as one line on
+    stderr (``PREFIX: warning: ...``) rather than Python's two-line warning; other warnings as usual."""
+    from focal_graph.keras_specs import UntranslatedWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, UntranslatedWarning):
+                click.echo(f"{prefix}: warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 def _exported(result) -> str:

@@ -25,12 +25,13 @@ class ExportResult:
     validation: dict | None  # the report, None with validate=False or without ONNX
 
 
-def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx", opset: int | None = None,
+def export(out, *, preset=None, variant=None, spec=None, keras=None, format="savedmodel,onnx", opset: int | None = None,
            validate: bool = True, force: bool = False, provider: str = "auto", xla: bool = True,
            **spec_options) -> ExportResult:
     """Export one loss to the artifact directory ``out``.
 
-    The loss is ``preset`` | ``variant`` | ``spec`` (a FocalSpec or a JSON file) with
+    The loss is ``preset`` | ``variant`` | ``spec`` (a FocalSpec or a JSON file) | ``keras`` (a
+    ``.keras`` model file: the loss it was compiled with, `export.keras_model`) with
     ``spec_options`` (``classes``, ``gamma``, ``alpha``, ... as on the command line) overriding
     fields. ``format``: ``savedmodel``, ``onnx`` or both (comma-separated or a sequence).
     ``opset``: 13 to 18 (default 17; ONNX only). With ``validate`` (and ONNX), ONNX Runtime on ``provider`` must match
@@ -43,7 +44,7 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
     empty. Bad options raise `UsageError` before anything is written; a write that fails (a full
     disk) raises `OutputError`.
     """
-    loss_spec = spec_from_options(preset=preset, variant=variant, spec=spec, **spec_options)
+    loss_spec = spec_from_options(preset=preset, variant=variant, spec=spec, keras=keras, **spec_options)
     formats = parse_formats(format)
     if opset is not None and "onnx" not in formats:
         raise UsageError("--opset: applies only with --format onnx")
@@ -55,7 +56,8 @@ def export(out, *, preset=None, variant=None, spec=None, format="savedmodel,onnx
             "numpy has no bfloat16 for the reference outputs); export float32 or float16"
         )
     spec_file = spec if spec is not None and not isinstance(spec, FocalSpec) else None
-    destination = writing.check_outputs({"--out": out}, {"--spec": spec_file}, directory=True, force=force)["--out"]
+    destination = writing.check_outputs({"--out": out}, {"--spec": spec_file, "--keras": keras}, directory=True,
+                                        force=force)["--out"]
 
     from export import tensorflow_reference
     from export.onnx_conversion import convert

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from export.errors import UsageError
 from focal_graph.spec import PRESETS, VARIANTS, FocalSpec
+from focal_graph.weights import WEIGHTINGS
 
 # Option name -> FocalSpec field. Every field has an option.
 SPEC_OPTIONS = {
@@ -49,19 +50,26 @@ def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def spec_from_options(*, preset=None, variant=None, spec=None, **options) -> FocalSpec:
-    """The FocalSpec named by exactly one of ``preset``, ``variant`` or ``spec`` (a FocalSpec, or
-    the path of a JSON file that ``FocalSpec.to_json`` wrote), with the other options as field
-    overrides. Names may use ``-`` (``multilabel-lsr``). Raises `UsageError` naming the option."""
+def spec_from_options(*, preset=None, variant=None, spec=None, keras=None, **options) -> FocalSpec:
+    """The FocalSpec named by exactly one of ``preset``, ``variant``, ``spec`` (a FocalSpec, or
+    the path of a JSON file that ``FocalSpec.to_json`` wrote) or ``keras`` (the path of a ``.keras``
+    model: the loss it was compiled with, `export.keras_model`; needs TensorFlow), with the other
+    options as field overrides. Names may use ``-`` (``multilabel-lsr``, ``effective-number``).
+    Raises `UsageError` naming the option."""
     unknown = set(options) - set(SPEC_OPTIONS)
     if unknown:
         raise UsageError(f"{sorted(unknown)[0]}: not a spec option (options: {', '.join(SPEC_OPTIONS)})")
-    given = [name for name, value in (("preset", preset), ("variant", variant), ("spec", spec)) if value is not None]
+    sources = (("preset", preset), ("variant", variant), ("spec", spec), ("keras", keras))
+    given = [name for name, value in sources if value is not None]
     if len(given) != 1:
-        raise UsageError("--preset/--variant/--spec: give exactly one")
+        raise UsageError("--preset/--variant/--spec/--keras: give exactly one")
     fields: dict = {}
     if spec is not None:
         fields = _spec_fields(spec)
+    elif keras is not None:
+        from export.keras_model import spec_from_keras_model
+
+        fields = spec_from_keras_model(keras).to_dict()
     elif preset is not None:
         fields["preset"] = _name("--preset", preset, PRESETS)
     else:
@@ -72,6 +80,8 @@ def spec_from_options(*, preset=None, variant=None, spec=None, **options) -> Foc
             continue
         if name in LIST_OPTIONS and isinstance(value, str):
             value = _numbers(name, value)
+        if name == "weighting" and isinstance(value, str):
+            value = _name("--weighting", value, WEIGHTINGS)
         overrides[SPEC_OPTIONS[name]] = value
     for field in overrides:
         for derived in _DERIVED.get(field, ()):

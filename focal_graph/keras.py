@@ -8,6 +8,7 @@ the mean over the batch, honouring ``sample_weight``); ``SparseSoftmaxFocalLoss`
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -27,6 +28,7 @@ from keras.src.backend import set_keras_mask
 from focal_graph import presets
 from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
 from focal_graph.graph import SpecLoss
+from focal_graph.keras_specs import keras_dtype_field, spec_reduction
 from focal_graph.params import KERAS_EPSILON
 from focal_graph.spec import FocalSpec
 
@@ -34,7 +36,10 @@ _PACKAGE = "focal_graph"
 
 
 class _FocalLoss(keras.losses.Loss):
-    """Stores the loss's keyword arguments; `get_config` returns them."""
+    """Stores the loss's keyword arguments; `get_config` returns them, `spec` their `FocalSpec`."""
+
+    # The FocalSpec variant whose fields are this class's arguments; the presets override `spec`.
+    variant: str | None = None
 
     def __init__(self, arguments: dict, *, reduction, name, dtype):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -43,6 +48,21 @@ class _FocalLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self.arguments}
+
+    @property
+    def spec(self) -> FocalSpec:
+        """The `FocalSpec` of this loss as Keras applies it: ``SpecLoss(loss.spec)`` gives the same
+        numbers as ``loss`` (no sample weights), its reduction included (`keras_spec_fields`)."""
+        fields = {name: value for name, value in self.arguments.items() if value is not None}
+        if fields.get("from_logits", True):
+            fields.pop("epsilon", None)  # the stored default clip; logits are never clipped
+        return FocalSpec(variant=self.variant, **fields, **self.keras_spec_fields())
+
+    def keras_spec_fields(self) -> dict:
+        """What Keras adds to the loss's arguments: its reduction as the spec's (Keras's default
+        mean over the loss values is the spec's ``mean``; `keras_specs.KERAS_REDUCTIONS`), and a
+        compute dtype other than float32."""
+        return {"reduction": spec_reduction(self.reduction), **keras_dtype_field(self.dtype)}
 
 
 def warn_if_activated(y_pred, from_logits: bool, activation: str, loss_name: str) -> None:
@@ -81,6 +101,8 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
     (`focal_graph.presets.sparse_softmax`): Keras's mean reduction gives the seed's scalar.
     """
 
+    variant = "sparse_softmax"
+
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, ignore_index=None,
                  epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
@@ -102,6 +124,8 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
 class SoftmaxFocalLoss(_FocalLoss):
     """`focal_graph.softmax_focal_loss` as a Keras loss (one-hot or soft targets)."""
 
+    variant = "softmax"
+
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
                  epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
@@ -116,6 +140,8 @@ class SoftmaxFocalLoss(_FocalLoss):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SigmoidFocalLoss(_FocalLoss):
     """`focal_graph.sigmoid_focal_loss` as a Keras loss; per-class output (Keras means it)."""
+
+    variant = "sigmoid"
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
                  epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
@@ -134,6 +160,11 @@ class _PresetLoss(_FocalLoss):
     def __init__(self, preset: SpecLoss, arguments: dict, *, reduction, name, dtype):
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
         self._preset = preset
+
+    @property
+    def spec(self) -> FocalSpec:
+        """The preset's (or given) spec, with the reduction and dtype Keras applies."""
+        return dataclasses.replace(self._preset.spec, **self.keras_spec_fields())
 
     def call(self, y_true, y_pred):
         spec = self._preset.spec

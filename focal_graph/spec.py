@@ -142,6 +142,16 @@ class FocalSpec:
             kwargs[name] = value
         return cls(**kwargs)
 
+    @classmethod
+    def from_keras(cls, loss) -> FocalSpec:
+        """The spec of a Keras loss: focalgraph's Keras losses (their ``.spec``) and Keras's own
+        ``BinaryFocalCrossentropy`` and ``CategoricalFocalCrossentropy`` where the semantics
+        coincide; a ValueError names the argument that does not translate (see
+        `focal_graph.keras_specs.spec_from_keras`). Needs TensorFlow; imported only when called."""
+        from focal_graph.keras_specs import spec_from_keras
+
+        return spec_from_keras(loss)
+
     def to_json(self) -> str:
         return json.dumps({"spec_version": SPEC_VERSION, **self.to_dict()}, indent=2) + "\n"
 

@@ -35,7 +35,7 @@ def sparse_artifact(tmp_path_factory):
         (["--variant", "softmax", "--dtype", "bfloat16"], "--dtype: bfloat16 cannot be exported"),
         (["--variant", "softmax", "--format", "tflite"], "--format"),
         (["--variant", "sigmoid", "--ignore-index", "3"], "--ignore-index: does not apply"),
-        (["--preset", "sparse-softmax", "--variant", "softmax"], "--preset/--variant/--spec: give exactly one"),
+        (["--preset", "sparse-softmax", "--variant", "softmax"], "--preset/--variant/--spec/--keras: give exactly one"),
         (["--variant", "softmax", "--provider", "tpu"], "--provider: expected one of auto, cpu, cuda"),
     ],
     ids=["unknown-preset", "alpha-length", "opset-19", "rank-1", "unreadable-spec", "gamma-text", "beta-text",
