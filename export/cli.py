@@ -176,6 +176,8 @@ def eval_command(artifact, **options):
 @click.option("--loss", required=True, type=click.Path(), help="A loss artifact directory (or its model.onnx).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--check-shapes", help="The model's input shapes for the self-check, e.g. image=1x512x512x3 "
+              "(default: 2 for each symbolic dimension).")
 @_PUBLIC_KEY
 def attach_command(**options):
     """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""
