@@ -130,50 +130,76 @@ class LossSummary:
     """Partial results of an eval: merge those of any split of the rows to get the whole's.
 
     ``count`` samples, the exact ``sum`` of their losses, ``ignored`` positions (``ignore_index``
-    labels), per-class sums and counts (for (N, C) predictions: by label, by positive target for
-    multi-label losses, by the largest target otherwise) and the ``top_k`` largest losses with
-    their rows (and ids). Build one per batch with `add`, join with `merge`, and turn the result
-    into the summary JSON with `as_dict`.
+    labels), per-class exact sums and counts over the loss's positions (pixels, anchors; the rows
+    for (N, C)), and the ``top_k`` largest per-sample losses with their rows (and ids). Build
+    one per batch with `add`, join with `merge`, and turn the result into the summary JSON with
+    `as_dict`.
+
+    Per class c, from the element losses ``elements`` (the artifact's ``loss`` output):
+
+    - sparse: mean over the positions labelled c, ``sum(loss[label == c]) / #(label == c)``
+      (ignored positions are in no class);
+    - sigmoid (the loss has a class axis): each class's own loss ``loss[..., c]``, over every
+      position, and split into positives (``target[..., c] >= 0.5``) and negatives;
+    - soft or one-hot targets: by the position's largest target (all-zero targets: no class);
+    - the multi-label presets (their loss sums the classes): the position's loss over the
+      positions with a positive target for c.
+
+    Memory is O(C) (exact sums of 68 int64 limbs per class and counter), whatever the input's
+    size. Per-sample figures (per-image totals for (N, H, W, C)) are not kept here: they are
+    eval's per-sample output (``--out``), and the ``top_k`` largest are in ``hardest``.
     """
 
     def __init__(self, spec: FocalSpec, row_shape, top_k: int):
         self.spec, self.row_shape, self.top_k = spec, tuple(row_shape), top_k
         self.classes = self.row_shape[-1]
-        self.per_class = len(self.row_shape) == 1  # (N, C): one class (or class set) per sample
-        # positions of the unreduced loss per sample: (..., C) for sigmoid, (...) for the others
-        loss_shape = self.row_shape if spec.kind == ("variant", "sigmoid") else self.row_shape[:-1]
+        # the sigmoid loss keeps its class axis: (..., C) per sample; the others sum it: (...)
+        self.own_class_loss = spec.kind == ("variant", "sigmoid")
+        loss_shape = self.row_shape if self.own_class_loss else self.row_shape[:-1]
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
         self.count, self.ignored = 0, 0
         self.total = ExactSums(1)
-        self.class_sums = ExactSums(self.classes if self.per_class else 0)
-        self.class_count = np.zeros(self.classes if self.per_class else 0, np.int64)
+        # keys [0, C): class c's positions; with own_class_loss, [C, 2C): class c's negatives
+        slots = 2 * self.classes if self.own_class_loss else self.classes
+        self.class_sums = ExactSums(slots)
+        self.class_count = np.zeros(slots, np.int64)
         self.hardest: list[tuple[float, int | None, object]] = []  # (loss, row, id)
 
-    def add(self, losses: np.ndarray, labels: np.ndarray, *, first_row: int | None = 0, ids=None) -> None:
-        """Count one batch: ``losses`` (n,), per sample; ``labels`` the batch's labels or targets
-        as the loss takes them; ``first_row`` the batch's first row in the whole input (None
-        where that is unknown: the ``ids`` then name the rows); ``ids`` (n,) or None."""
+    def add(self, losses: np.ndarray, labels: np.ndarray, *, elements: np.ndarray | None = None,
+            first_row: int | None = 0, ids=None) -> None:
+        """Count one batch: ``losses`` (n,), per sample; ``labels`` the batch's labels (n, ...) or
+        targets (n, ..., C) as the loss takes them; ``elements`` the unreduced loss, (n, ...), or
+        (n, ..., C) for sigmoid (any row weights applied), which may be left out for (n, C)
+        losses without a class axis, where it is ``losses``; ``first_row`` the batch's first row
+        in the whole input (None where that is unknown: the ``ids`` then name the rows); ``ids``
+        (n,) or None."""
         losses = np.asarray(losses, dtype=np.float64)
+        labels = np.asarray(labels)
+        if elements is None:
+            if len(self.row_shape) != 1 or self.own_class_loss:
+                raise ValueError(f"elements: the unreduced loss is needed for rows of shape {self.row_shape} "
+                                 f"({self.spec.name})")
+            elements = losses
+        elements = np.asarray(elements, dtype=np.float64)
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), losses)
-        ignored = None
-        if self.spec.sparse and self.spec.ignore_index is not None:
-            ignored = labels == self.spec.ignore_index
-            self.ignored += int(ignored.sum())
-        if self.per_class:
-            if self.spec.sparse:
-                counted = ~ignored if ignored is not None else np.ones(len(labels), bool)
-                self.class_sums.add(labels[counted], losses[counted])
-                self.class_count += np.bincount(labels[counted], minlength=self.classes)
-            elif self.spec.multi_label:  # every class the sample is positive for (target >= 0.5)
-                rows, classes = np.nonzero(labels >= 0.5)
-                self.class_sums.add(classes, losses[rows])
-                self.class_count += np.bincount(classes, minlength=self.classes)
-            else:  # soft or one-hot targets: the most likely class (rows of all-zero targets have none)
-                has_class = labels.max(axis=1) > 0 if len(labels) else np.zeros(0, bool)
-                label = np.argmax(labels, axis=1)[has_class] if len(labels) else np.zeros(0, np.int64)
-                self.class_sums.add(label, losses[has_class])
-                self.class_count += np.bincount(label, minlength=self.classes)
+        if self.spec.sparse:
+            counted = labels != self.spec.ignore_index if self.spec.ignore_index is not None else np.ones(labels.shape, bool)
+            self.ignored += int(counted.size - np.count_nonzero(counted))
+            keys, values = labels[counted], elements[counted]
+        elif self.own_class_loss:  # every class's own loss; negatives are counted apart
+            negative = labels < 0.5
+            keys = np.broadcast_to(np.arange(self.classes), labels.shape) + self.classes * negative
+            values = elements
+        elif self.spec.multi_label:  # the position's loss, once per class it is positive for
+            where = np.nonzero(labels >= 0.5)
+            keys, values = where[-1], elements[where[:-1]]
+        else:  # soft or one-hot targets: the most likely class (positions of all-zero targets have none)
+            has_class = labels.max(axis=-1) > 0 if labels.size else np.zeros(labels.shape[:-1], bool)
+            keys, values = np.argmax(labels, axis=-1)[has_class] if labels.size else np.zeros(0, np.int64), elements[has_class]
+        keys = np.asarray(keys, np.int64).ravel()
+        self.class_sums.add(keys, np.asarray(values).ravel())
+        self.class_count += np.bincount(keys, minlength=len(self.class_count))
         if self.top_k and len(losses):
             keep = _largest(losses, self.top_k)
             rows = [None] * len(keep) if first_row is None else [first_row + int(i) for i in keep]
@@ -201,27 +227,47 @@ class LossSummary:
     def as_dict(self) -> dict:
         """The summary fields of `evaluate`'s result."""
         total = self.total.floats()[0]
-        per_class = None
-        if self.per_class:
-            per_class = [
-                {"class": c, "count": int(n), "mean_loss": float(s / n) if n else None}
-                for c, (s, n) in enumerate(zip(self.class_sums.floats(), self.class_count))
-            ]
-        positions = self.count * self.positions_per_row - self.ignored
         result = {
             "count": self.count,
             "sum": total,
             "mean": total / self.count if self.count else None,
             # the artifact's own `mean`: over the loss's positions, ignore_index ones left out
-            "mean_per_position": total / positions if positions else None,
-            "per_class": per_class,
-            "per_class_by": None if per_class is None else (
-                "label" if self.spec.sparse else "positive targets" if self.spec.multi_label else "argmax of the targets"),
+            "mean_per_position": total / self.positions if self.positions else None,
+            "per_class": self.per_class(),
+            "per_class_by": _PER_CLASS_BY[self._grouping()],
             "hardest": [_hard_row(loss, row, name) for loss, row, name in self.hardest],
         }
         if self.spec.sparse and self.spec.ignore_index is not None:
             result["ignored_positions"] = self.ignored
         return result
+
+    @property
+    def positions(self) -> int:
+        return self.count * self.positions_per_row - self.ignored
+
+    def _grouping(self) -> str:
+        if self.spec.sparse:
+            return "label"
+        if self.own_class_loss:
+            return "own"
+        return "positive" if self.spec.multi_label else "argmax"
+
+    def per_class(self) -> list[dict]:
+        """One entry per class: ``count`` positions and their ``mean_loss`` (None for none);
+        for sigmoid losses also ``positives`` and ``negatives``, each a count and mean."""
+        sums, counts = self.class_sums.integers(), self.class_count
+        classes = self.classes
+        entries = []
+        for c in range(classes):
+            if self.own_class_loss:
+                both = sums[c] + sums[classes + c]  # exact: one rounding for the class's whole sum
+                entry = _mean_entry(c, both, int(counts[c] + counts[classes + c]))
+                entry["positives"] = _mean_entry(None, sums[c], int(counts[c]))
+                entry["negatives"] = _mean_entry(None, sums[classes + c], int(counts[classes + c]))
+            else:
+                entry = _mean_entry(c, sums[c], int(counts[c]))
+            entries.append(entry)
+        return entries
 
     def to_bytes(self) -> bytes:
         """For shipping a worker's partial result to the driver: an .npz, no pickles."""
@@ -249,6 +295,32 @@ class LossSummary:
             summary.class_sums.limbs[:, first:last] = arrays["class_limbs"]
             summary.class_count = arrays["class_count"]
         return summary
+
+
+_PER_CLASS_BY = {
+    "label": "label",
+    "own": "each class's own loss; positives are target >= 0.5",
+    "positive": "positive targets (the position's loss over all classes)",
+    "argmax": "argmax of the targets",
+}
+_UNIT = 1 << 1074  # ExactSums' integers are in units of 2**-1074
+
+
+def _mean_entry(c, total: int, count: int) -> dict:
+    """``class`` (unless None), ``count``, ``sum`` and ``mean_loss`` of an exact integer sum:
+    each rounded once, the mean straight from the integers (no double rounding)."""
+    entry = {} if c is None else {"class": c}
+    entry["count"] = count
+    entry["sum"] = _rounded(total, 1)
+    entry["mean_loss"] = _rounded(total, count) if count else None
+    return entry
+
+
+def _rounded(total: int, count: int) -> float:
+    try:
+        return total / (_UNIT * count)  # Python's int division rounds correctly
+    except OverflowError:
+        return float("inf") if total > 0 else float("-inf")
 
 
 def merge_all(summaries) -> LossSummary | None:

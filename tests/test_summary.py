@@ -88,7 +88,8 @@ def test_merge_is_order_independent_and_equals_the_whole(rows, cuts, random):
     for entry in whole["per_class"]:
         members = [v for lab, v in counted if lab == entry["class"]]
         assert entry["count"] == len(members)
-        assert entry["mean_loss"] == (exact(members) / len(members) if members else None)
+        mean = sum((Fraction(v) for v in members), Fraction(0)) / len(members) if members else None
+        assert entry["mean_loss"] == (float(mean) if members else None)  # rounded once
     order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:3]
     assert [(h["row"], h["loss"]) for h in whole["hardest"]] == [(i, values[i]) for i in order]
 
@@ -107,3 +108,43 @@ def test_summaries_of_different_losses_do_not_merge():
         LossSummary(SPARSE, (C,), 2).merge(LossSummary(FocalSpec(variant="sparse_softmax"), (C,), 2))
     with pytest.raises(ValueError, match="ragged rows across batches"):
         LossSummary(SPARSE, (C,), 2).merge(LossSummary(SPARSE, (C + 1,), 2))
+
+
+SIGMOID_4D = FocalSpec(variant="sigmoid", rank=4)
+
+
+@given(st.lists(st.tuples(st.lists(losses, min_size=2 * 3 * C, max_size=2 * 3 * C),
+                          st.lists(st.booleans(), min_size=2 * 3 * C, max_size=2 * 3 * C)), min_size=1, max_size=6),
+       st.randoms(use_true_random=False))
+def test_sigmoid_per_class_figures_of_nhwc_rows_merge_exactly(rows, random):
+    elements = np.array([r[0] for r in rows], np.float64).reshape(-1, 2, 3, C)
+    targets = np.array([r[1] for r in rows], np.float64).reshape(-1, 2, 3, C)
+
+    def summary(rows_):
+        part = LossSummary(SIGMOID_4D, (2, 3, C), 2)
+        part.add(elements[rows_].sum(axis=(1, 2, 3)), targets[rows_], elements=elements[rows_], first_row=int(rows_[0]))
+        return part
+
+    whole = summary(np.arange(len(rows))).as_dict()
+    parts = [summary(np.array([i])) for i in range(len(rows))]
+    random.shuffle(parts)
+    assert merge_all(parts).as_dict() == whole
+    for entry in whole["per_class"]:
+        c = entry["class"]
+        for name, chosen in (("positives", targets[..., c] == 1), ("negatives", targets[..., c] == 0)):
+            values = elements[..., c][chosen].tolist()
+            assert entry[name]["count"] == len(values) and entry[name]["sum"] == exact(values)
+        assert entry["count"] == elements[..., c].size and entry["sum"] == exact(elements[..., c].ravel().tolist())
+
+
+def test_rank_4_sparse_summary_counts_pixels_by_label_and_needs_the_element_losses():
+    spec = FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255)
+    labels = np.array([[[0, 255], [2, 2]]])
+    elements = np.array([[[0.5, 0.0], [1.0, 2.0]]])
+    summary = LossSummary(spec, (2, 2, C), 0)
+    with pytest.raises(ValueError, match="elements: the unreduced loss is needed"):
+        summary.add(elements.sum(axis=(1, 2)), labels)
+    summary.add(elements.sum(axis=(1, 2)), labels, elements=elements)
+    result = summary.as_dict()
+    assert [(e["count"], e["mean_loss"]) for e in result["per_class"]] == [(1, 0.5), (0, None), (2, 1.5), (0, None)]
+    assert result["ignored_positions"] == 1 and result["mean_per_position"] == 3.5 / 3
