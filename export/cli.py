@@ -154,6 +154,8 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 4 MiB of predictions fill it).")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a bar chart of the mean loss per class here (.png; needs focalgraph[bench]).")
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
 @click.option("--address", help="--engine ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--master", help="--engine spark: the Spark master (default local[*]).")

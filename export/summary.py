@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -398,3 +400,83 @@ def format_summary(summary: dict) -> str:
 
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.6g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-class plot (eval --plot)
+
+PLOT_SOFTWARE = "focalgraph eval --plot"  # in the PNG's metadata: how eval knows a plot is its own
+PLOT_PURPOSE = "eval --plot"
+MAX_BARS = 40
+
+
+def require_matplotlib():
+    """matplotlib (Agg), or `MissingExtra` naming the extra that installs it."""
+    from export.extras import require
+
+    matplotlib = require("matplotlib", PLOT_PURPOSE)
+    matplotlib.use("Agg")
+    return matplotlib
+
+
+def plot_per_class(summary: dict) -> bytes:
+    """A PNG: mean loss per class (``summary["per_class"]``) as horizontal bars, highest first,
+    each with its count (of positions; of positives for sigmoid losses); at most `MAX_BARS`
+    classes, the ones with the highest mean loss. Classes with no position are left out."""
+    require_matplotlib()
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in summary.get("per_class") or [] if e["count"] and e["mean_loss"] is not None]
+    entries.sort(key=lambda e: (-e["mean_loss"], e["class"]))
+    shown = entries[:MAX_BARS]
+    height = 1.2 + 0.28 * max(len(shown), 1)
+    figure, axis = plt.subplots(figsize=(7.5, height))
+    names = [str(e["class"]) for e in shown]
+    means = [e["mean_loss"] for e in shown]
+    axis.barh(range(len(shown)), means, color="tab:blue")
+    axis.set_yticks(range(len(shown)), names, fontsize=8)
+    axis.invert_yaxis()  # highest first
+    for row, entry in enumerate(shown):
+        count = entry["positives"]["count"] if "positives" in entry else entry["count"]
+        label = "positives" if "positives" in entry else "n"
+        axis.annotate(f" {label}={count}", (entry["mean_loss"], row), va="center", fontsize=7)
+    axis.set_xlabel("mean loss")
+    axis.set_ylabel("class")
+    more = f"; the {len(shown)} highest of {len(entries)} classes" if len(entries) > len(shown) else ""
+    axis.set_title(f"{summary.get('spec', '')}: mean loss per class (by {summary.get('per_class_by')}){more}",
+                   fontsize=9)
+    axis.margins(x=0.15)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=100, format="png", metadata={"Software": PLOT_SOFTWARE})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def is_own_plot(path) -> bool:
+    """Whether the file at ``path`` is a PNG whose metadata says `plot_per_class` wrote it."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while True:
+                header = file.read(8)
+                if len(header) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"IDAT" or kind == b"IEND":  # matplotlib writes its text before the image
+                    return False
+                data = file.read(length)
+                file.read(4)  # CRC
+                if kind == b"tEXt" and data == b"Software\0" + PLOT_SOFTWARE.encode("latin-1"):
+                    return True
+    except OSError:
+        return False
+
+
+def check_plot_path(plot) -> None:
+    """``--plot``: a ``.png`` name, and an existing file only if eval wrote it (`UsageError`)."""
+    if Path(str(plot)).suffix.lower() != ".png":
+        raise UsageError(f"--plot: {plot}: expected a .png file name")
+    if Path(plot).exists() and Path(plot).is_file() and not is_own_plot(plot):
+        raise UsageError(f"--plot: {plot} exists and is not a plot eval wrote; name a new file")

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import reference
-from exporting import BLOCK_TENSORFLOW, exported, load_json, run_cli
+from exporting import BLOCK_TENSORFLOW, exported, load_json, one_line_error, run_cli, run_main
 from export.errors import UsageError
 from export.evaluation import evaluate
 from export.runtime import BatchLoss, LossSession
@@ -382,3 +382,34 @@ def test_parquet_image_rows_of_inconsistent_shape_are_refused_naming_the_flag_an
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "--predictions: row 3 has a list of 2 values where row 0 has 4 (ragged rows)" in result.stderr
     assert not (tmp_path / "l.npy").exists()
+
+
+def test_plot_writes_a_png_and_replaces_only_its_own(nhwc, tmp_path):
+    from export.summary import is_own_plot
+
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "x.npy", rng.normal(size=(4, 3, 3, 5)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 5, (4, 3, 3)))
+    arguments = ["eval", nhwc, "--predictions", tmp_path / "x.npy", "--labels", tmp_path / "y.npy"]
+    assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0
+    png = (tmp_path / "classes.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and is_own_plot(tmp_path / "classes.png")
+    assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0  # its own plot: replaced
+    foreign = tmp_path / "photo.png"
+    foreign.write_bytes(png.replace(b"focalgraph eval --plot", b"somebody else's tool"))
+    line = one_line_error(run_main(*arguments, "--plot", foreign), "eval")
+    assert f"--plot: {foreign} exists and is not a plot eval wrote" in line
+    assert b"somebody else's tool" in foreign.read_bytes()
+    line = one_line_error(run_main(*arguments, "--plot", tmp_path / "classes.pdf", "--out", tmp_path / "l.npy"), "eval")
+    assert "--plot: " in line and "expected a .png file name" in line and not (tmp_path / "l.npy").exists()
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(nhwc, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 2, 3), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros((2, 2, 2), np.int64))
+    result = run_cli("eval", nhwc, "--predictions", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+                     "--out", tmp_path / "l.npy", "--plot", tmp_path / "p.png",
+                     python_prelude="import sys\nsys.modules['matplotlib'] = None")
+    line = one_line_error(result, "eval")
+    assert "eval --plot needs matplotlib" in line and "focalgraph[bench]" in line
+    assert not (tmp_path / "l.npy").exists() and not (tmp_path / "p.png").exists()

@@ -148,3 +148,17 @@ def test_rank_4_sparse_summary_counts_pixels_by_label_and_needs_the_element_loss
     result = summary.as_dict()
     assert [(e["count"], e["mean_loss"]) for e in result["per_class"]] == [(1, 0.5), (0, None), (2, 1.5), (0, None)]
     assert result["ignored_positions"] == 1 and result["mean_per_position"] == 3.5 / 3
+
+
+def test_plot_of_a_thousand_sigmoid_classes_shows_the_hardest_with_their_positives():
+    from export.summary import MAX_BARS, plot_per_class
+
+    rng = np.random.default_rng(0)
+    targets = (rng.uniform(size=(50, 1000)) < 0.1).astype(np.float64)
+    elements = rng.uniform(size=(50, 1000))
+    summary = LossSummary(FocalSpec(variant="sigmoid"), (1000,), 0)
+    summary.add(elements.sum(axis=1), targets, elements=elements)
+    result = summary.as_dict()
+    png = plot_per_class({**result, "spec": "variant:sigmoid"})
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"focalgraph eval --plot" in png
+    assert MAX_BARS < 1000  # a chart of the hardest classes, not of all 1000
