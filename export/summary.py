@@ -444,9 +444,7 @@ def plot_per_class(summary: dict) -> bytes:
     require_matplotlib()
     import matplotlib.pyplot as plt
 
-    entries = [e for e in summary.get("per_class") or [] if e["count"] and e["mean_loss"] is not None]
-    entries.sort(key=lambda e: (-e["mean_loss"], e["class"]))
-    shown = entries[:MAX_BARS]
+    shown, entries = plotted_classes(summary), [e for e in summary.get("per_class") or [] if e["count"]]
     height = 1.2 + 0.28 * max(len(shown), 1)
     figure, axis = plt.subplots(figsize=(7.5, height))
     names = [str(e["class"]) for e in shown]
@@ -469,6 +467,13 @@ def plot_per_class(summary: dict) -> bytes:
     figure.savefig(buffer, dpi=100, format="png", metadata={"Software": PLOT_SOFTWARE})
     plt.close(figure)
     return buffer.getvalue()
+
+
+def plotted_classes(summary: dict) -> list[dict]:
+    """The per-class entries `plot_per_class` draws: those with a position, highest mean loss
+    first (ties by class), at most `MAX_BARS`."""
+    entries = [e for e in summary.get("per_class") or [] if e["count"] and e["mean_loss"] is not None]
+    return sorted(entries, key=lambda e: (-e["mean_loss"], e["class"]))[:MAX_BARS]
 
 
 def is_own_plot(path) -> bool:
