@@ -408,12 +408,19 @@ def format_summary(summary: dict) -> str:
     if summary["per_class"]:
         shown = [c for c in summary["per_class"] if c["count"]][:20]
         lines.append("  per class (" + summary["per_class_by"] + "): " + ", ".join(
-            f"{c['class']}: {c['mean_loss']:.4g} (n={c['count']})" for c in shown)
+            f"{c['class']}: {c['mean_loss']:.4g} ({_class_counts(c)})" for c in shown)
             + (" ..." if len([c for c in summary["per_class"] if c["count"]]) > 20 else ""))
     if summary["hardest"]:
         lines.append("  hardest rows: " + ", ".join(
             f"{h.get('id', h.get('row'))} ({h['loss']:.4g})" for h in summary["hardest"]))
     return "\n".join(lines)
+
+
+def _class_counts(entry: dict) -> str:
+    if "positives" not in entry:
+        return f"n={entry['count']}"
+    return ", ".join(f"{sign} {part['mean_loss']:.4g} n={part['count']}" if part["count"] else f"{sign} n=0"
+                     for sign, part in (("+", entry["positives"]), ("-", entry["negatives"])))
 
 
 def _number(value) -> str:
