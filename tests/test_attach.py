@@ -129,10 +129,12 @@ def test_combined_model_is_not_mistaken_for_a_loss(pieces, tmp_path):
 # Dense heads (issue 12): outputs whose spatial size is computed from the input, channels-first
 
 
-def conv_head_onnx(path, *, classes, stride, pads, channels_first=False):
+def conv_head_onnx(path, *, classes, stride, pads, channels_first=False, size=None):
     """A hand-made segmentation head: image (batch, height, width, 3) -> a 3x3 Conv of ``stride``
     (``pads`` on each side) -> logits (batch, oh, ow, classes), or (batch, classes, oh, ow)
-    with ``channels_first``. oh and ow are computed from height and width by the Conv."""
+    with ``channels_first``. oh and ow are computed from height and width by the Conv; with
+    ``size``, height and width are fixed at ``size`` while oh and ow stay symbolic (as tf2onnx
+    leaves them when it cannot infer a shape)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
@@ -147,7 +149,8 @@ def conv_head_onnx(path, *, classes, stride, pads, channels_first=False):
         nodes.append(helper.make_node("Transpose", ["conv"], ["logits"], perm=[0, 2, 3, 1]))
         dims = ["batch", "oh", "ow", classes]
     graph = helper.make_graph(
-        nodes, "head", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])],
+        nodes, "head", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                      ["batch", size or "height", size or "width", 3])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)], [weights])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(model, full_check=True)
@@ -173,7 +176,7 @@ def test_strided_head_with_dynamic_height_and_width_attaches_and_computes_the_fo
     with pytest.raises(UsageError, match="--model: ONNX Runtime cannot run it on sample inputs \\(image 2x2x2x3\\).*"
                                          "--check-shapes"):
         attach(**arguments)
-    attach(**arguments, check_shapes="image=1x9x9x3")
+    attach(**arguments, check_shapes="image=1x13x13x3")  # logits 3 x 3, where labels of 2 x 2 would not fit
     combined = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     image = rng.normal(size=(2, 33, 17, 3)).astype(np.float32)
@@ -187,6 +190,18 @@ def test_strided_head_with_dynamic_height_and_width_attaches_and_computes_the_fo
     graph = onnx.load(str(tmp_path / "c.onnx")).graph
     label_dims = [d.dim_param for d in next(i for i in graph.input if i.name == "labels").type.tensor_type.shape.dim]
     assert label_dims == ["batch", "oh", "ow"]
+
+
+def test_labels_of_the_check_are_shaped_from_the_output_the_model_gives(dense_losses, tmp_path):
+    # input fixed at 64 x 64, output oh x ow symbolic: 2 per symbolic dimension would give labels
+    # of 2 x 2 against logits of 16 x 16
+    head = conv_head_onnx(tmp_path / "head.onnx", classes=5, stride=4, pads=0, size=64)
+    attach(model=head, output="logits", loss=dense_losses / "dynamic", out=tmp_path / "c.onnx")
+    combined = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    got = combined.run(None, {"image": image, "labels": np.ones((1, 16, 16), np.int64)})
+    want = reference.sparse_softmax_focal(np.ones((1, 16, 16), np.int64), got[0], gamma=2.0)
+    np.testing.assert_allclose(got[2], want.sum(axis=(1, 2)), rtol=1e-5)  # outputs: logits, focal_loss, focal_per_sample
 
 
 @pytest.mark.parametrize("loss", ["dynamic", "nineteen"])
