@@ -25,7 +25,8 @@ from export import artifact, sinks, sources, writing
 from export.batches import BatchEvaluator, check_dtypes, check_rows
 from export.errors import UsageError
 from export.runtime import LossSession
-from export.summary import LossSummary, check_plot_path, format_summary, plot_per_class, require_matplotlib  # noqa: F401  (format_summary: the CLI's formatter)
+from export.summary import LossSummary, format_summary  # noqa: F401  (format_summary: the CLI's formatter)
+from export.summary import check_plot_path, plot_per_class, require_matplotlib
 
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_TOP_K = 10
@@ -46,8 +47,9 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     mean loss per class (`export.summary.plot_per_class`; needs matplotlib, focalgraph[bench]).
 
     Returns the summary: ``count``, ``sum``, ``mean`` (over samples), ``mean_per_position``,
-    ``per_class`` (mean loss and count per class over the loss's positions, see `LossSummary`), ``hardest`` (the ``top_k``
-    largest per-sample losses and their rows or ids) and the provider that ran."""
+    ``per_class`` (count, sum and mean loss per class over the loss's positions, see
+    `LossSummary`), ``hardest`` (the ``top_k`` largest per-sample losses and their rows or ids)
+    and the provider that ran."""
     _check_options(batch_size=batch_size, top_k=top_k, engine=engine, address=address, master=master)
     check_outputs(artifact_path, out, summary, predictions, labels, plot)
     if plot is not None:
@@ -182,8 +184,8 @@ def check_sources(spec, predicted, truth, extra) -> None:
 
 def check_outputs(artifact_path, out, summary, predictions, labels, plot=None) -> None:
     """The one output check (`export.writing.check_outputs`: realpath, never inside or equal to
-    an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory) and
-    ``--summary``."""
+    an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory),
+    ``--summary`` and ``--plot`` (a .png, replaced only when eval wrote it)."""
     inputs = {"ARTIFACT": artifact_path, "--predictions": sources.input_paths(predictions),
               "--labels": sources.input_paths(labels)}
     if out is not None:

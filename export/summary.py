@@ -187,17 +187,19 @@ class LossSummary:
             first_row: int | None = 0, ids=None) -> None:
         """Count one batch: ``losses`` (n,), per sample; ``labels`` the batch's labels (n, ...) or
         targets (n, ..., C) as the loss takes them; ``elements`` the unreduced loss, (n, ...), or
-        (n, ..., C) for sigmoid (any row weights applied), which may be left out for (n, C)
-        losses without a class axis, where it is ``losses``; ``first_row`` the batch's first row
+        (n, ..., C) for sigmoid (any row weights applied), not needed (and not read) for (n, C)
+        losses without a class axis, whose element is ``losses``; ``first_row`` the batch's first row
         in the whole input (None where that is unknown: the ``ids`` then name the rows); ``ids``
         (n,) or None."""
         losses = np.asarray(losses, dtype=np.float64)
         labels = np.asarray(labels)
-        if elements is None:
-            if len(self.row_shape) != 1 or self.own_class_loss:
-                raise ValueError(f"elements: the unreduced loss is needed for rows of shape {self.row_shape} "
-                                 f"({self.spec.name})")
+        if len(self.row_shape) == 1 and not self.own_class_loss:
+            # one position per row: its loss is the per-sample loss, which 16-bit losses give
+            # in float32 where their elements are 16-bit
             elements = losses
+        elif elements is None:
+            raise ValueError(f"elements: the unreduced loss is needed for rows of shape {self.row_shape} "
+                             f"({self.spec.name})")
         elements = np.asarray(elements)
         if elements.dtype != np.float32:  # float32 elements keep their type: `ExactSums` sums them faster
             elements = elements.astype(np.float64)
