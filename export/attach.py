@@ -240,15 +240,20 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
             if not item:
                 continue
             name, _, sizes = item.rpartition("=")
-            if not name and len(inputs) == 1:
-                name = next(iter(inputs))
+            if not name and len(inputs) != 1:
+                raise UsageError(f"--check-shapes: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
+                                 f"name each, as NAME=1x64x64x3, not {item!r}")
+            name = name or next(iter(inputs))
             try:
                 shapes[name] = tuple(int(size) for size in sizes.lower().split("x"))
             except ValueError:
                 raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes joined by x), "
                                  f"got {item!r}") from None
     elif isinstance(text, dict):
-        shapes = {name: tuple(int(size) for size in shape) for name, shape in text.items()}
+        try:
+            shapes = {name: tuple(_size(size) for size in shape) for name, shape in text.items()}
+        except (TypeError, ValueError):
+            raise UsageError(f"--check-shapes: expected {{NAME: (sizes, ...)}} of integers, got {text!r}") from None
     else:
         raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] or a dict of shapes, got {text!r}")
     for name, shape in shapes.items():
@@ -261,6 +266,12 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
             raise UsageError(f"--check-shapes: input {name!r} is {_shape_text(dims)}; "
                              f"{'x'.join(map(str, shape))} does not fit it")
     return shapes
+
+
+def _size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(value)
+    return int(value)
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list:
