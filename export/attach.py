@@ -5,7 +5,14 @@ the loss's label input (``labels`` or ``targets``, prefixed if the model already
 that name) and adds the loss's outputs, prefixed (``focal_loss``, ``focal_per_sample``,
 ``focal_sum``, ``focal_mean``). The loss's batch (and other) dimensions are renamed to the
 model's, so the N of the labels is the N of the model's output. It is checked with the full
-checker and a real ONNX Runtime session before it is written.
+checker and a real ONNX Runtime session before it is written: the model alone is run first on
+sample inputs (symbolic dimensions 2, or the shapes given as ``check_shapes``), and the labels
+are shaped from the output it gives, so a head whose output size is computed from its input
+(H/8 x W/8) is checked with labels that fit it.
+
+The loss takes the classes on the last axis. A model output whose class count (or, when the
+loss leaves C dynamic, whose layout) shows the classes elsewhere, a channels-first (N, C, H, W)
+output, is refused naming both shapes: matched by position it would be taken as N, H, W, C.
 """
 
 from __future__ import annotations
@@ -26,13 +33,20 @@ PREFIX = "focal_"
 MIN_OPSET = 13  # the lowest opset a loss is exported at
 
 
-def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool = False) -> onnx.ModelProto:
+def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool = False,
+           check_shapes=None) -> onnx.ModelProto:
     """Join the loss at ``loss`` (an artifact directory or its ``model.onnx``) to ``model``'s
-    output ``output``; write the result to ``out`` and return it. Raises `UsageError` on a bad
-    argument (an output that does not exist, a class count or rank or dtype that does not match,
-    a model opset below 13), `ConversionError` when the graphs cannot be reconciled."""
+    output ``output``; write the result to ``out`` and return it.
+
+    ``check_shapes``: the model's input shapes for the self-check, ``{"image": (1, 64, 64, 3)}``
+    or the command line's ``"image=1x64x64x3,mask=1x64x64"`` (a bare ``1x64x64x3`` for a model
+    with one input); inputs not named get 2 for each symbolic dimension. Raises `UsageError` on a
+    bad argument (an output that does not exist, a class count, layout, rank or dtype that does
+    not match, a model opset below 13, check shapes that do not fit the model),
+    `ConversionError` when the graphs cannot be reconciled."""
     destination = writing.check_outputs({"--out": out}, {"--model": model, "--loss": loss}, replace=force)["--out"]
     network = _load("--model", model)
+    check_shapes = parse_check_shapes(check_shapes, network)
     spec, loss_model = _load_loss(loss)
     confirm_loss(loss, spec, loss_model.SerializeToString())  # the spec names the inputs: it must be the graph's
     outputs = {value.name: value for value in network.graph.output}
@@ -72,7 +86,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     del combined.metadata_props[:]
     combined.metadata_props.extend(kept)
     onnx.helper.set_model_props(combined, {**{p.key: p.value for p in kept}, "focalgraph.attached": spec.to_json()})
-    _check(combined)
+    _check(combined, network, output, spec, label_input, prefix + "per_sample", check_shapes)
     writing.write_atomically("--out", destination, combined.SerializeToString())
     return combined
 
@@ -125,12 +139,37 @@ def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto
     dims = _dims(model_output)
     if len(dims) != spec.rank:
         raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {len(dims)}")
-    classes = dims[-1]
-    if spec.num_classes is not None and isinstance(classes, int) and classes != spec.num_classes:
-        raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
-    if spec.num_classes is not None and not isinstance(classes, int):
-        raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has a class dimension of unknown "
-                         "size; attach a loss with a dynamic class count (exported without --classes)")
+    takes = f"--loss: it takes {spec.input_names[1]} {_shape_text(_loss_dims(spec))}; output {name!r} is {_shape_text(dims)}"
+    classes = dims[CLASS_AXIS]
+    if spec.num_classes is not None and classes != spec.num_classes:
+        elsewhere = [i for i, d in enumerate(dims[1:-1], 1) if d == spec.num_classes]
+        if elsewhere:  # the classes on another axis: matched by position, H, W would be taken for C
+            raise UsageError(f"{takes}: its classes ({spec.num_classes}) are on axis {elsewhere[0]}, not last "
+                             "(a channels-first output?); transpose it to channels-last in the model")
+        if isinstance(classes, int):
+            raise UsageError(f"{takes}: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
+        raise UsageError(f"{takes}: it fixes C={spec.num_classes}; the output's last axis has no fixed size; attach "
+                         "a loss with a dynamic class count (exported without --classes)")
+    if spec.num_classes is None and not isinstance(classes, int) and spec.rank > 2:
+        fixed = [i for i, d in enumerate(dims[1:-1], 1) if isinstance(d, int)]
+        if fixed:
+            # A converted model's class count is its weights' shape, always fixed; a last axis of
+            # no fixed size beside a fixed one is a spatial axis: (N, C, H, W) taken for N, H, W, C.
+            raise UsageError(f"{takes}: its last axis, the classes to the loss, has no fixed size while axis "
+                             f"{fixed[0]} has {dims[fixed[0]]} (a channels-first output?); transpose it to "
+                             "channels-last in the model")
+
+
+# The loss's class axis (predictions (N, ..., C)). The catalogue's `axis` makes it the spec's.
+CLASS_AXIS = -1
+
+
+def _loss_dims(spec: FocalSpec) -> list:
+    return list(dimension_names(spec)[:-1]) + [spec.num_classes or "C"]
+
+
+def _shape_text(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -188,33 +227,115 @@ def _tie_dimensions(graph, spec: FocalSpec, model_output, names) -> None:
                     dim.dim_param = target
 
 
-def _check(model: onnx.ModelProto) -> None:
+def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
+    """``--check-shapes`` as ``{input name: shape}``: ``"image=1x64x64x3,mask=1x64x64"``, a bare
+    ``1x64x64x3`` for a model with one input, or a dict of sequences. Each shape must have the
+    input's rank and its fixed sizes; `UsageError` naming the input otherwise."""
+    if text is None:
+        return {}
+    inputs = {value.name: value for value in _graph_inputs(network)}
+    if isinstance(text, str):
+        shapes = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            name, _, sizes = item.rpartition("=")
+            if not name and len(inputs) != 1:
+                raise UsageError(f"--check-shapes: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
+                                 f"name each, as NAME=1x64x64x3, not {item!r}")
+            name = name or next(iter(inputs))
+            try:
+                shapes[name] = tuple(int(size) for size in sizes.lower().split("x"))
+            except ValueError:
+                raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes joined by x), "
+                                 f"got {item!r}") from None
+    elif isinstance(text, dict):
+        try:
+            shapes = {name: tuple(_size(size) for size in shape) for name, shape in text.items()}
+        except (TypeError, ValueError):
+            raise UsageError(f"--check-shapes: expected {{NAME: (sizes, ...)}} of integers, got {text!r}") from None
+    else:
+        raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] or a dict of shapes, got {text!r}")
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--check-shapes: {name!r} is not an input of the model (inputs: {', '.join(inputs)})")
+        dims = _dims(inputs[name])
+        fits = len(shape) == len(dims) and all(size >= 0 for size in shape) and all(
+            not isinstance(d, int) or d == size for d, size in zip(dims, shape))
+        if not fits:
+            raise UsageError(f"--check-shapes: input {name!r} is {_shape_text(dims)}; "
+                             f"{'x'.join(map(str, shape))} does not fit it")
+    return shapes
+
+
+def _size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(value)
+    return int(value)
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list:
+    """The inputs a caller feeds: initializers listed as inputs (old exporters) are not."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _check(combined: onnx.ModelProto, network: onnx.ModelProto, output: str, spec: FocalSpec, label_input: str,
+           per_sample: str, check_shapes: dict) -> None:
+    """The full checker, then ONNX Runtime: the model alone on sample inputs, then the combined
+    model on the same inputs with labels shaped from the output the model gave."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(combined, full_check=True)
     except Exception as error:
         raise ConversionError(f"onnx.checker rejected the combined model: {str(error).strip().splitlines()[0]}") from error
+    from export.quiet import silenced_stderr
     from export.runtime import open_session
 
-    try:
-        session = open_session(model.SerializeToString(), "cpu").session
-        session.run(None, {i.name: _sample(i) for i in session.get_inputs()})
-    except Exception as error:
-        raise ConversionError(f"ONNX Runtime cannot run the combined model: {type(error).__name__}: {error}") from error
+    feeds = {value.name: _sample(value.name, _dims(value), value.type.tensor_type.elem_type, check_shapes.get(value.name))
+             for value in _graph_inputs(network)}
+    shown = ", ".join(f"{name} {'x'.join(map(str, array.shape))}" for name, array in feeds.items())
+    # ONNX Runtime logs a failed run on stderr itself ([E:onnxruntime:...]); the error says it all
+    with silenced_stderr():
+        try:
+            produced = open_session(network.SerializeToString(), "cpu").session.run([output], feeds)[0]
+        except Exception as error:
+            reason = _first_line(error)
+            if check_shapes:
+                raise UsageError(f"--check-shapes: ONNX Runtime cannot run --model on {shown}: {reason}") from None
+            raise UsageError(f"--model: ONNX Runtime cannot run it on sample inputs ({shown}): {reason}; give input "
+                             "shapes it takes with --check-shapes NAME=1x64x64x3") from None
+        labels_shape = produced.shape[:-1] if spec.sparse else produced.shape
+        labels_type = np.int64 if spec.sparse else produced.dtype
+        feeds[label_input] = np.zeros(labels_shape, labels_type)  # class 0, or all-zero targets: valid labels
+        try:
+            outputs = open_session(combined.SerializeToString(), "cpu").session.run(None, feeds)
+        except Exception as error:
+            raise ConversionError(f"ONNX Runtime cannot run the combined model on {shown} and labels "
+                                  f"{'x'.join(map(str, labels_shape))}: {type(error).__name__}: {_first_line(error)}") from error
+    names = [value.name for value in combined.graph.output]
+    loss = dict(zip(names, outputs)).get(per_sample)
+    if loss is not None and np.isfinite(produced).all() and not np.isfinite(loss).all():
+        raise ConversionError("the combined model's loss is not finite on sample inputs and labels of class 0: "
+                              "the labels do not line up with the model's output")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 _NUMPY_TYPES = {
-    "float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_,
-    **{name: getattr(np, name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")},
+    "FLOAT": np.float32, "DOUBLE": np.float64, "FLOAT16": np.float16, "BOOL": np.bool_,
+    **{name.upper(): getattr(np, name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")},
 }
 
 
-def _sample(value) -> np.ndarray:
-    """A small input for a session input: symbolic dimensions 2, zeros (a valid label too)."""
-    shape = [d if isinstance(d, int) else 2 for d in value.shape]
-    element = value.type[len("tensor("):-1]
-    if element == "string":
+def _sample(name: str, dims, element_type: int, shape=None) -> np.ndarray:
+    """A small input for the check: ``shape`` where given, else symbolic dimensions 2; zeros."""
+    shape = shape if shape is not None else [d if isinstance(d, int) else 2 for d in dims]
+    element = onnx.TensorProto.DataType.Name(element_type)
+    if element == "STRING":
         return np.full(shape, "", dtype=object)
     if element not in _NUMPY_TYPES:
-        raise ConversionError(f"cannot make a sample input of type {value.type} for {value.name!r} to check the model")
+        raise ConversionError(f"cannot make a sample input of type {element.lower()} for {name!r} to check the model")
     return np.zeros(shape, _NUMPY_TYPES[element])
-

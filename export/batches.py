@@ -208,8 +208,11 @@ class BatchEvaluator:
         predictions = checked_predictions(spec, predictions, row, prediction_name)
         classes = predictions.shape[-1] if predictions.ndim > 1 else 0
         labels = checked_labels(spec, labels, row, classes, label_name)
+        elements = None
         if len(predictions):
-            losses = self.session(labels, predictions)
+            # the unreduced loss too: the summary's per-class figures are over positions (pixels)
+            outputs = self.session.forms(labels, predictions)
+            losses, elements = outputs["per_sample"], outputs["loss"]
         else:
             losses = np.zeros(0, np.dtype(spec.dtype))
         not_finite = ~np.isfinite(losses)
@@ -219,13 +222,15 @@ class BatchEvaluator:
             weight = checked_weights(column_array(batch.column(self.weights), _label(self.weights), first_row=row),
                                      row, _label(self.weights))
             losses = losses.astype(np.float64) * weight
+            if elements is not None:
+                elements = elements.astype(np.float64) * weight.reshape((-1,) + (1,) * (elements.ndim - 1))
         ids = batch.column(self.id_column) if self.id_column is not None else None
         if isinstance(ids, pa.ChunkedArray):  # a Table's column (Ray hands over Tables)
             ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
         summary = None
         if len(predictions):  # an empty batch has no row shape to summarise by, and adds nothing
             summary = LossSummary(spec, predictions.shape[1:], self.top_k)
-            summary.add(losses, labels, first_row=first_row, ids=ids)
+            summary.add(losses, labels, elements=elements, first_row=first_row, ids=ids)
         arrays, fields = [pa.array(losses)], [LOSS_COLUMN]
         if ids is not None:
             arrays.insert(0, ids)

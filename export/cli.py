@@ -159,6 +159,8 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 4 MiB of predictions fill it).")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a bar chart of the mean loss per class here (.png; needs focalgraph[bench]).")
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
 @click.option("--address", help="--engine ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--master", help="--engine spark: the Spark master (default local[*]).")
@@ -181,6 +183,8 @@ def eval_command(artifact, **options):
 @click.option("--loss", required=True, type=click.Path(), help="A loss artifact directory (or its model.onnx).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--check-shapes", help="The model's input shapes for the self-check, e.g. image=1x512x512x3 "
+              "(default: 2 for each symbolic dimension).")
 @_PUBLIC_KEY
 def attach_command(**options):
     """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""

@@ -26,6 +26,7 @@ from export.batches import BatchEvaluator, check_dtypes, check_rows
 from export.errors import UsageError
 from export.runtime import LossSession
 from export.summary import LossSummary, format_summary  # noqa: F401  (format_summary: the CLI's formatter)
+from export.summary import check_plot_path, plot_per_class, require_matplotlib
 
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_TOP_K = 10
@@ -35,20 +36,24 @@ ENGINES = ("local", "ray", "spark")
 def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batch_size: int = DEFAULT_BATCH_SIZE,
              provider: str = "auto", top_k: int = DEFAULT_TOP_K, progress: bool = False, id_column: str | None = None,
              weight_column: str | None = None, engine: str = "local", address: str | None = None,
-             master: str | None = None) -> dict:
+             master: str | None = None, plot=None) -> dict:
     """Evaluate the loss at ``artifact_path`` on ``predictions`` and ``labels`` (sources, see
     `export.sources`); write the per-sample losses to ``out`` (a ``.npy`` file, or a Parquet
     dataset directory when ``out`` has no suffix) and the summary to ``summary`` (JSON) when
     given. ``id_column`` (a column of the predictions' Parquet input) is carried into the output
     and names the hardest rows; ``weight_column`` multiplies each row's loss. ``engine``:
     ``local`` (this process), ``ray`` (Ray Data; ``address`` joins a cluster) or ``spark``
-    (``master``, default ``local[*]``), which read Parquet only.
+    (``master``, default ``local[*]``), which read Parquet only. ``plot``: a ``.png`` of the
+    mean loss per class (`export.summary.plot_per_class`; needs matplotlib, focalgraph[bench]).
 
     Returns the summary: ``count``, ``sum``, ``mean`` (over samples), ``mean_per_position``,
-    ``per_class`` (mean loss and count per class, for (N, C) losses), ``hardest`` (the ``top_k``
-    largest per-sample losses and their rows or ids) and the provider that ran."""
+    ``per_class`` (count, sum and mean loss per class over the loss's positions, see
+    `LossSummary`), ``hardest`` (the ``top_k`` largest per-sample losses and their rows or ids)
+    and the provider that ran."""
     _check_options(batch_size=batch_size, top_k=top_k, engine=engine, address=address, master=master)
-    check_outputs(artifact_path, out, summary, predictions, labels)
+    check_outputs(artifact_path, out, summary, predictions, labels, plot)
+    if plot is not None:
+        require_matplotlib()  # a missing extra is refused before the run, with nothing written
     session = LossSession(artifact_path, provider)
     if session.spec is None:
         raise UsageError(f"{artifact_path}: an ONNX file without focalgraph's spec in its metadata")
@@ -62,6 +67,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
         partial = engines.run(engine, session, predictions=predictions, labels=labels, out=out, batch_size=batch_size,
                               top_k=top_k, id_column=id_column, weight_column=weight_column, address=address,
                               master=master, summary_path=summary)
+    if plot is not None:
+        writing.write_atomically("--plot", plot, plot_per_class(partial))
     return partial
 
 
@@ -175,10 +182,10 @@ def check_sources(spec, predicted, truth, extra) -> None:
     check_dtypes(spec, predicted.dtype, truth.dtype)
 
 
-def check_outputs(artifact_path, out, summary, predictions, labels) -> None:
+def check_outputs(artifact_path, out, summary, predictions, labels, plot=None) -> None:
     """The one output check (`export.writing.check_outputs`: realpath, never inside or equal to
-    an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory) and
-    ``--summary``."""
+    an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory),
+    ``--summary`` and ``--plot`` (a .png, replaced only when eval wrote it)."""
     inputs = {"ARTIFACT": artifact_path, "--predictions": sources.input_paths(predictions),
               "--labels": sources.input_paths(labels)}
     if out is not None:
@@ -193,6 +200,12 @@ def check_outputs(artifact_path, out, summary, predictions, labels) -> None:
         checked = writing.check_outputs({"--summary": summary}, inputs)["--summary"]
         if out is not None and checked == Path(os.path.realpath(out)):
             raise UsageError(f"--summary: {summary} is also --out; write outputs to files of their own")
+    if plot is not None:
+        checked = writing.check_outputs({"--plot": plot}, inputs)["--plot"]
+        for flag, other in (("--out", out), ("--summary", summary)):
+            if other is not None and checked == Path(os.path.realpath(other)):
+                raise UsageError(f"--plot: {plot} is also {flag}; write outputs to files of their own")
+        check_plot_path(plot)
 
 
 def _progress_bar(rows: int, enabled: bool):

@@ -12,7 +12,8 @@ import importlib
 
 from export.errors import MissingExtra
 
-EXTRAS = {"tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow", "ray": "ray", "pyspark": "spark"}
+EXTRAS = {"tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow", "ray": "ray", "pyspark": "spark",
+          "matplotlib": "bench"}
 
 
 def require(module: str, purpose: str):

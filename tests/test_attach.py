@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tf2onnx
 
-from exporting import exported, run_cli
+import reference
+from exporting import exported, one_line_error, run_cli, run_main
 from export.attach import attach
 from export.errors import UsageError
 from export.runtime import LossSession
@@ -122,3 +123,106 @@ def test_combined_model_is_not_mistaken_for_a_loss(pieces, tmp_path):
     attach(model=mlp, output="logits", loss=loss, out=tmp_path / "c.onnx")
     with pytest.raises(UsageError, match="not a focalgraph loss"):
         attach(model=mlp, output="logits", loss=tmp_path / "c.onnx", out=tmp_path / "d.onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense heads (issue 12): outputs whose spatial size is computed from the input, channels-first
+
+
+def conv_head_onnx(path, *, classes, stride, pads, channels_first=False, size=None):
+    """A hand-made segmentation head: image (batch, height, width, 3) -> a 3x3 Conv of ``stride``
+    (``pads`` on each side) -> logits (batch, oh, ow, classes), or (batch, classes, oh, ow)
+    with ``channels_first``. oh and ow are computed from height and width by the Conv; with
+    ``size``, height and width are fixed at ``size`` while oh and ow stay symbolic (as tf2onnx
+    leaves them when it cannot infer a shape)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = numpy_helper.from_array((rng.normal(size=(classes, 3, 3, 3)) * 2).astype(np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w"], ["conv"], strides=[stride, stride], pads=[pads] * 4,
+                              kernel_shape=[3, 3])]
+    if channels_first:
+        nodes.append(helper.make_node("Identity", ["conv"], ["logits"]))
+        dims = ["batch", classes, "oh", "ow"]
+    else:
+        nodes.append(helper.make_node("Transpose", ["conv"], ["logits"], perm=[0, 2, 3, 1]))
+        dims = ["batch", "oh", "ow", classes]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                      ["batch", size or "height", size or "width", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dense_losses(tmp_path_factory):
+    """Rank-4 sparse softmax losses with ignore label 255: C dynamic, and C fixed at 19."""
+    root = tmp_path_factory.mktemp("dense")
+    exported(root / "dynamic", FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255), format="onnx",
+             validate=False)
+    exported(root / "nineteen", FocalSpec(variant="sparse_softmax", rank=4, num_classes=19, ignore_index=255),
+             format="onnx", validate=False)
+    return root
+
+
+def test_strided_head_with_dynamic_height_and_width_attaches_and_computes_the_formula(dense_losses, tmp_path):
+    # no padding: the default check input (2 x 2 images) is too small for a 3x3 kernel
+    head = conv_head_onnx(tmp_path / "head.onnx", classes=5, stride=4, pads=0)
+    arguments = dict(model=head, output="logits", loss=dense_losses / "dynamic", out=tmp_path / "c.onnx")
+    with pytest.raises(UsageError, match="--model: ONNX Runtime cannot run it on sample inputs \\(image 2x2x2x3\\).*"
+                                         "--check-shapes"):
+        attach(**arguments)
+    attach(**arguments, check_shapes="image=1x13x13x3")  # logits 3 x 3, where labels of 2 x 2 would not fit
+    combined = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 33, 17, 3)).astype(np.float32)
+    logits = onnxruntime.InferenceSession(str(head), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+    assert logits.shape == (2, 8, 4, 5)  # (33 - 3) // 4 + 1, (17 - 3) // 4 + 1
+    labels = rng.integers(0, 5, logits.shape[:-1])
+    labels[0, :2] = 255
+    got = dict(zip([o.name for o in combined.get_outputs()], combined.run(None, {"image": image, "labels": labels})))
+    want = reference.sparse_softmax_focal(labels, logits, gamma=2.0, ignore_index=255)
+    np.testing.assert_allclose(got["focal_per_sample"], want.sum(axis=(1, 2)), rtol=1e-5)
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    label_dims = [d.dim_param for d in next(i for i in graph.input if i.name == "labels").type.tensor_type.shape.dim]
+    assert label_dims == ["batch", "oh", "ow"]
+
+
+def test_labels_of_the_check_are_shaped_from_the_output_the_model_gives(dense_losses, tmp_path):
+    # input fixed at 64 x 64, output oh x ow symbolic: 2 per symbolic dimension would give labels
+    # of 2 x 2 against logits of 16 x 16
+    head = conv_head_onnx(tmp_path / "head.onnx", classes=5, stride=4, pads=0, size=64)
+    attach(model=head, output="logits", loss=dense_losses / "dynamic", out=tmp_path / "c.onnx")
+    combined = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    got = combined.run(None, {"image": image, "labels": np.ones((1, 16, 16), np.int64)})
+    want = reference.sparse_softmax_focal(np.ones((1, 16, 16), np.int64), got[0], gamma=2.0)
+    np.testing.assert_allclose(got[2], want.sum(axis=(1, 2)), rtol=1e-5)  # outputs: logits, focal_loss, focal_per_sample
+
+
+@pytest.mark.parametrize("loss", ["dynamic", "nineteen"])
+def test_channels_first_output_is_refused_naming_both_shapes(dense_losses, tmp_path, loss):
+    head = conv_head_onnx(tmp_path / "nchw.onnx", classes=19, stride=2, pads=1, channels_first=True)
+    result = run_main("attach", "--model", head, "--output", "logits", "--loss", dense_losses / loss,
+                     "--out", tmp_path / "c.onnx")
+    line = one_line_error(result, "attach")
+    taken = {"dynamic": "(N, H, W, C)", "nineteen": "(N, H, W, 19)"}[loss]
+    assert f"it takes logits {taken}; output 'logits' is (batch, 19, oh, ow)" in line
+    assert "channels-first" in line
+    assert not (tmp_path / "c.onnx").exists()
+
+
+@pytest.mark.parametrize("shapes, named", [("image=1x16x16x4", "input 'image' is (batch, height, width, 3); 1x16x16x4"),
+                                           ("picture=1x16x16x3", "'picture' is not an input of the model"),
+                                           ("image=1x1x1x3", "ONNX Runtime cannot run --model on image 1x1x1x3")])
+def test_check_shapes_that_do_not_fit_the_model_are_one_line_naming_the_input(dense_losses, tmp_path, shapes, named):
+    head = conv_head_onnx(tmp_path / "head.onnx", classes=5, stride=2, pads=0)
+    result = run_cli("attach", "--model", head, "--output", "logits", "--loss", dense_losses / "dynamic",
+                     "--out", tmp_path / "c.onnx", "--check-shapes", shapes)
+    line = one_line_error(result, "attach")
+    assert f"--check-shapes: {named}" in line
+    assert "[E:onnxruntime" not in result.stderr and not (tmp_path / "c.onnx").exists()

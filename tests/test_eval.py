@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import reference
-from exporting import BLOCK_TENSORFLOW, exported, load_json, run_cli
+from exporting import BLOCK_TENSORFLOW, exported, load_json, one_line_error, run_cli, run_main
 from export.errors import UsageError
 from export.evaluation import evaluate
 from export.runtime import BatchLoss, LossSession
@@ -86,21 +86,33 @@ def test_npz_and_parquet_give_the_same_losses(sparse, data, tmp_path, layout):
     np.testing.assert_allclose(np.load(tmp_path / "l.npy"), expected_losses(logits, labels), rtol=1e-5, atol=1e-6)
 
 
-def test_multi_label_per_class_counts_positive_targets(tmp_path):
+def test_multi_label_per_class_is_each_classs_own_loss_split_into_positives_and_negatives(tmp_path):
     spec = FocalSpec(variant="sigmoid", alpha=0.25)
-    exported(tmp_path / "sigmoid", spec, validate=False)
+    exported(tmp_path / "sigmoid", spec, format="onnx", validate=False)
     rng = np.random.default_rng(1)
-    logits = rng.normal(size=(300, 4)).astype(np.float32)
+    logits = (rng.normal(size=(300, 4)) * 3).astype(np.float32)
     targets = (rng.uniform(size=(300, 4)) < 0.3).astype(np.float32)
     np.save(tmp_path / "x.npy", logits)
     np.save(tmp_path / "y.npy", targets)
-    summary = evaluate(tmp_path / "sigmoid", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
-    per_sample = reference.sigmoid_focal(targets, logits, gamma=2.0, alpha=0.25).sum(axis=1)
-    assert summary["per_class_by"] == "positive targets"
+    summary = evaluate(tmp_path / "sigmoid", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu",
+                       batch_size=64)
+    # float64, from the paper: -alpha_t (1 - p_t)^gamma log p_t, log p_t = -softplus(-z) for positives
+    z = logits.astype(np.float64)
+    log_p_t = np.where(targets == 1, -np.logaddexp(0, -z), -np.logaddexp(0, z))
+    alpha_t = np.where(targets == 1, 0.25, 0.75)
+    own = -alpha_t * (-np.expm1(log_p_t)) ** 2 * log_p_t  # (300, 4): each class's own loss
+    assert summary["per_class_by"] == "each class's own loss; positives are target >= 0.5"
     for entry in summary["per_class"]:
-        members = targets[:, entry["class"]] == 1
-        assert entry["count"] == members.sum()
-        assert entry["mean_loss"] == pytest.approx(per_sample[members].mean(), rel=1e-5)
+        c = entry["class"]
+        positive = targets[:, c] == 1
+        assert entry["count"] == 300
+        assert entry["mean_loss"] == pytest.approx(own[:, c].mean(), rel=1e-5)
+        assert entry["positives"]["count"] == positive.sum()
+        assert entry["positives"]["mean_loss"] == pytest.approx(own[positive, c].mean(), rel=1e-5)
+        assert entry["negatives"]["count"] == (~positive).sum()
+        assert entry["negatives"]["mean_loss"] == pytest.approx(own[~positive, c].mean(), rel=1e-5)
+        # the old figure, the whole row's loss over the rows where c is positive, is far from it
+        assert own[positive].sum(axis=1).mean() > 2 * own[positive, c].mean()
 
 
 def bad(root, tmp_path, logits, labels, case):
@@ -254,8 +266,15 @@ def test_mean_per_position_is_the_artifacts_own_mean(sparse, data):
     assert summary["mean_per_position"] == pytest.approx(float(LossSession(sparse, "cpu").forms(labels, logits)["mean"]), rel=1e-5)
 
 
-def test_ignored_positions_are_counted_at_every_rank(tmp_path):
-    exported(tmp_path / "nhwc", FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255), validate=False)
+@pytest.fixture(scope="module")
+def nhwc(tmp_path_factory):
+    """A segmentation loss: sparse softmax over (N, H, W, C), ignore label 255 (ONNX only: quick)."""
+    out = tmp_path_factory.mktemp("nhwc") / "nhwc"
+    exported(out, FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255), format="onnx", validate=False)
+    return out
+
+
+def test_ignored_positions_are_counted_at_every_rank(nhwc, tmp_path):
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
     labels = rng.integers(0, 4, (3, 2, 2))
@@ -263,10 +282,39 @@ def test_ignored_positions_are_counted_at_every_rank(tmp_path):
     labels[1, 0, 0] = 255
     np.save(tmp_path / "x.npy", logits)
     np.save(tmp_path / "y.npy", labels)
-    summary = evaluate(tmp_path / "nhwc", predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
-    assert summary["ignored_positions"] == 5 and summary["per_class"] is None
+    summary = evaluate(nhwc, predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu")
+    assert summary["ignored_positions"] == 5
     want = reference.sparse_softmax_focal(labels, logits, ignore_index=255)
     assert summary["mean_per_position"] == pytest.approx(want.sum() / (12 - 5), rel=1e-5)
+
+
+def test_segmentation_per_class_is_the_mean_over_pixels_ignored_pixels_left_out(nhwc, tmp_path):
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(6, 5, 7, 4)) * 3).astype(np.float32)
+    labels = rng.integers(0, 3, (6, 5, 7))  # class 3 never appears
+    labels[:, 0] = 255
+    labels[2] = 255  # an image with every pixel ignored
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", labels)
+    summary = evaluate(nhwc, predictions=tmp_path / "x.npy", labels=tmp_path / "y.npy", provider="cpu",
+                       out=tmp_path / "per_image.npy", batch_size=4)
+    # float64 from the formula: -(1 - p_t)^gamma log p_t per pixel, log p_t from a log-softmax
+    z = logits.astype(np.float64)
+    log_p = z - z.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    kept = labels != 255
+    log_p_t = np.take_along_axis(log_p, np.where(kept, labels, 0)[..., None], -1)[..., 0]
+    pixel = np.where(kept, -(-np.expm1(log_p_t)) ** 2 * log_p_t, 0.0)
+    assert summary["per_class_by"] == "label" and summary["ignored_positions"] == (~kept).sum()
+    for entry in summary["per_class"]:
+        members = labels == entry["class"]
+        assert entry["count"] == members.sum()
+        if members.any():
+            assert entry["mean_loss"] == pytest.approx(pixel[members].mean(), rel=1e-5)
+        else:
+            assert entry["mean_loss"] is None and entry["class"] == 3
+    # per-image totals are the per-sample output
+    np.testing.assert_allclose(np.load(tmp_path / "per_image.npy"), pixel.sum(axis=(1, 2)), rtol=1e-5)
 
 
 def test_odd_files_are_one_line_errors(sparse, data, tmp_path):
@@ -297,3 +345,71 @@ def test_exported_sparse_loss_is_nan_not_a_broadcast_when_batches_differ(sparse,
     session = onnxruntime.InferenceSession(str(sparse / "model.onnx"), providers=["CPUExecutionProvider"])
     (loss,) = session.run(["loss"], {"labels": np.zeros(14, np.int64), "logits": logits[:7]})
     assert np.isnan(loss).all()
+
+
+@pytest.mark.parametrize("layout", ["fixed-size-lists", "lists"])
+def test_parquet_rows_of_whole_images_are_read_as_n_d_rows(nhwc, tmp_path, layout):
+    rng = np.random.default_rng(6)
+    logits = (rng.normal(size=(5, 3, 4, 6)) * 2).astype(np.float32)
+    labels = rng.integers(0, 6, (5, 3, 4))
+    labels[1, 2] = 255
+    if layout == "fixed-size-lists":  # what pyarrow makes of an N-D numpy array, one level per axis
+        def nested(array):
+            column = pa.array(array.ravel())
+            for width in reversed(array.shape[1:]):
+                column = pa.FixedSizeListArray.from_arrays(column, width)
+            return column
+        columns = {"logits": nested(logits), "labels": nested(labels)}
+    else:  # lists of lists, as from .tolist() rows
+        columns = {"logits": pa.array(logits.tolist(), pa.list_(pa.list_(pa.list_(pa.float32())))),
+                   "labels": pa.array(labels.tolist())}
+    pq.write_table(pa.table(columns), tmp_path / "maps.parquet", row_group_size=2)
+    summary = evaluate(nhwc, predictions=f"{tmp_path / 'maps.parquet'}:logits", labels=f"{tmp_path / 'maps.parquet'}:labels",
+                       out=tmp_path / "l.npy", batch_size=3, provider="cpu")
+    want = reference.sparse_softmax_focal(labels, logits, ignore_index=255)
+    np.testing.assert_allclose(np.load(tmp_path / "l.npy"), want.sum(axis=(1, 2)), rtol=1e-5)
+    assert summary["ignored_positions"] == 4
+
+
+def test_parquet_image_rows_of_inconsistent_shape_are_refused_naming_the_flag_and_row(nhwc, tmp_path):
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(5, 3, 4, 6)).tolist()
+    logits[3][1] = logits[3][1][:2]  # row 3: one image row of 2 pixels, not 4
+    labels = rng.integers(0, 6, (5, 3, 4)).tolist()
+    pq.write_table(pa.table({"logits": pa.array(logits), "labels": pa.array(labels)}), tmp_path / "maps.parquet")
+    result = run_cli("eval", nhwc, "--predictions", f"{tmp_path / 'maps.parquet'}:logits",
+                     "--labels", f"{tmp_path / 'maps.parquet'}:labels", "--out", tmp_path / "l.npy")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--predictions: row 3 has a list of 2 values where row 0 has 4 (ragged rows)" in result.stderr
+    assert not (tmp_path / "l.npy").exists()
+
+
+def test_plot_writes_a_png_and_replaces_only_its_own(nhwc, tmp_path):
+    from export.summary import is_own_plot
+
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "x.npy", rng.normal(size=(4, 3, 3, 5)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 5, (4, 3, 3)))
+    arguments = ["eval", nhwc, "--predictions", tmp_path / "x.npy", "--labels", tmp_path / "y.npy"]
+    assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0
+    png = (tmp_path / "classes.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and is_own_plot(tmp_path / "classes.png")
+    assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0  # its own plot: replaced
+    foreign = tmp_path / "photo.png"
+    foreign.write_bytes(png.replace(b"focalgraph eval --plot", b"somebody else's tool"))
+    line = one_line_error(run_main(*arguments, "--plot", foreign), "eval")
+    assert f"--plot: {foreign} exists and is not a plot eval wrote" in line
+    assert b"somebody else's tool" in foreign.read_bytes()
+    line = one_line_error(run_main(*arguments, "--plot", tmp_path / "classes.pdf", "--out", tmp_path / "l.npy"), "eval")
+    assert "--plot: " in line and "expected a .png file name" in line and not (tmp_path / "l.npy").exists()
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(nhwc, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 2, 3), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros((2, 2, 2), np.int64))
+    result = run_cli("eval", nhwc, "--predictions", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+                     "--out", tmp_path / "l.npy", "--plot", tmp_path / "p.png",
+                     python_prelude="import sys\nsys.modules['matplotlib'] = None")
+    line = one_line_error(result, "eval")
+    assert "eval --plot needs matplotlib" in line and "focalgraph[bench]" in line
+    assert not (tmp_path / "l.npy").exists() and not (tmp_path / "p.png").exists()

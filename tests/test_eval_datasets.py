@@ -193,7 +193,12 @@ def test_a_weight_column_multiplies_each_loss_and_the_summary_follows(sparse, ro
     weighted = np.load(tmp_path / "weighted.npy")
     assert weighted.dtype == np.float64
     np.testing.assert_allclose(weighted, want * weights, rtol=1e-5, atol=1e-6)
-    assert load_json(tmp_path / "s.json")["sum"] == pytest.approx((want * weights).sum(), rel=1e-5)
+    summary = load_json(tmp_path / "s.json")
+    assert summary["sum"] == pytest.approx((want * weights).sum(), rel=1e-5)
+    for entry in summary["per_class"]:  # the per-class figures are of the weighted losses too
+        members = labels == entry["class"]
+        assert entry["count"] == members.sum()
+        assert entry["mean_loss"] == pytest.approx((want * weights)[members].mean(), rel=1e-5)
     negative = data.set_column(data.schema.get_field_index("weight"), "weight", pa.array(weights - 1))
     pq.write_table(negative, tmp_path / "n.parquet")
     with pytest.raises(UsageError, match="--weight-column: row 0 has weight -1.0; expected a finite number >= 0"):

@@ -51,6 +51,17 @@ def test_keyed_sums_are_exact_per_key(pairs):
     assert sums.floats() == [exact([v for k, v in pairs if k == key]) for key in range(C)]
 
 
+@given(st.lists(st.tuples(st.integers(0, C - 1), st.floats(width=32, allow_nan=False, allow_infinity=False)), max_size=80))
+def test_float32_values_sum_exactly_as_their_float64_values(pairs):
+    keys = np.array([k for k, _ in pairs], np.int64)
+    values = np.array([v for _, v in pairs], np.float32)
+    single, double = ExactSums(C), ExactSums(C)
+    single.add(keys, values)
+    double.add(keys, values.astype(np.float64))
+    assert single.integers() == double.integers() == [
+        int(sum((Fraction(float(v)) for k, v in pairs if k == key), Fraction(0)) * 2 ** 1074) for key in range(C)]
+
+
 def test_a_sum_that_cancels_is_exactly_zero_and_tiny_terms_survive():
     sums = ExactSums(1)
     sums.add(np.zeros(4, np.int64), np.array([1e300, 5e-324, -1e300, 5e-324]))
@@ -88,7 +99,8 @@ def test_merge_is_order_independent_and_equals_the_whole(rows, cuts, random):
     for entry in whole["per_class"]:
         members = [v for lab, v in counted if lab == entry["class"]]
         assert entry["count"] == len(members)
-        assert entry["mean_loss"] == (exact(members) / len(members) if members else None)
+        mean = sum((Fraction(v) for v in members), Fraction(0)) / len(members) if members else None
+        assert entry["mean_loss"] == (float(mean) if members else None)  # rounded once
     order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:3]
     assert [(h["row"], h["loss"]) for h in whole["hardest"]] == [(i, values[i]) for i in order]
 
@@ -107,3 +119,59 @@ def test_summaries_of_different_losses_do_not_merge():
         LossSummary(SPARSE, (C,), 2).merge(LossSummary(FocalSpec(variant="sparse_softmax"), (C,), 2))
     with pytest.raises(ValueError, match="ragged rows across batches"):
         LossSummary(SPARSE, (C,), 2).merge(LossSummary(SPARSE, (C + 1,), 2))
+
+
+SIGMOID_4D = FocalSpec(variant="sigmoid", rank=4)
+
+
+@given(st.lists(st.tuples(st.lists(losses, min_size=2 * 3 * C, max_size=2 * 3 * C),
+                          st.lists(st.booleans(), min_size=2 * 3 * C, max_size=2 * 3 * C)), min_size=1, max_size=6),
+       st.randoms(use_true_random=False))
+def test_sigmoid_per_class_figures_of_nhwc_rows_merge_exactly(rows, random):
+    elements = np.array([r[0] for r in rows], np.float64).reshape(-1, 2, 3, C)
+    targets = np.array([r[1] for r in rows], np.float64).reshape(-1, 2, 3, C)
+
+    def summary(rows_):
+        part = LossSummary(SIGMOID_4D, (2, 3, C), 2)
+        part.add(elements[rows_].sum(axis=(1, 2, 3)), targets[rows_], elements=elements[rows_], first_row=int(rows_[0]))
+        return part
+
+    whole = summary(np.arange(len(rows))).as_dict()
+    parts = [LossSummary.from_bytes(summary(np.array([i])).to_bytes()) for i in range(len(rows))]  # as workers ship them
+    random.shuffle(parts)
+    assert merge_all(parts).as_dict() == whole
+    for entry in whole["per_class"]:
+        c = entry["class"]
+        for name, chosen in (("positives", targets[..., c] == 1), ("negatives", targets[..., c] == 0)):
+            values = elements[..., c][chosen].tolist()
+            assert entry[name]["count"] == len(values) and entry[name]["sum"] == exact(values)
+        assert entry["count"] == elements[..., c].size and entry["sum"] == exact(elements[..., c].ravel().tolist())
+
+
+def test_rank_4_sparse_summary_counts_pixels_by_label_and_needs_the_element_losses():
+    spec = FocalSpec(variant="sparse_softmax", rank=4, ignore_index=255)
+    labels = np.array([[[0, 255], [2, 2]]])
+    elements = np.array([[[0.5, 0.0], [1.0, 2.0]]])
+    summary = LossSummary(spec, (2, 2, C), 0)
+    with pytest.raises(ValueError, match="elements: the unreduced loss is needed"):
+        summary.add(elements.sum(axis=(1, 2)), labels)
+    summary.add(elements.sum(axis=(1, 2)), labels, elements=elements)
+    result = summary.as_dict()
+    assert [(e["count"], e["mean_loss"]) for e in result["per_class"]] == [(1, 0.5), (0, None), (2, 1.5), (0, None)]
+    assert result["ignored_positions"] == 1 and result["mean_per_position"] == 3.5 / 3
+
+
+def test_plot_of_a_thousand_sigmoid_classes_shows_the_hardest_with_their_positives():
+    from export.summary import MAX_BARS, plot_per_class, plotted_classes
+
+    rng = np.random.default_rng(0)
+    targets = (rng.uniform(size=(50, 1000)) < 0.1).astype(np.float64)
+    elements = rng.uniform(size=(50, 1000))
+    summary = LossSummary(FocalSpec(variant="sigmoid"), (1000,), 0)
+    summary.add(elements.sum(axis=1), targets, elements=elements)
+    result = summary.as_dict()
+    png = plot_per_class({**result, "spec": "variant:sigmoid"})
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"focalgraph eval --plot" in png
+    own_means = elements.mean(axis=0)
+    hardest = np.argsort(-own_means, kind="stable")[:MAX_BARS]
+    assert [e["class"] for e in plotted_classes(result)] == hardest.tolist() and MAX_BARS == 40
