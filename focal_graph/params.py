@@ -138,6 +138,23 @@ def integer(name: str, value, *, minimum: int | None = None, maximum: int | None
     return int(value)
 
 
+def sigmoid_ignore_index(value) -> int | None:
+    """A sigmoid loss's ``ignore_index``: an integer that is not a valid target (0 or 1), or None.
+    Ignoring every target 0 would silently drop every negative, so 0 and 1 are refused."""
+    if value is None:
+        return None
+    value = integer("ignore_index", value)
+    if value in (0, 1):
+        raise ValueError(
+            f"ignore_index: {value} is a valid sigmoid target (targets are in [0, 1]); "
+            "expected an integer outside [0, 1], such as -1"
+        )
+    if abs(value) > 2**24:  # targets are floats: beyond 2**24, 2**24 + 1 would equal 2**24
+        raise ValueError(f"ignore_index: expected an integer within +-2**24 for a sigmoid loss "
+                         f"(targets are floats), got {value}")
+    return value
+
+
 def vector_length(value: PerClass | Sequence[float] | None) -> int | None:
     return len(value) if isinstance(value, tuple) else None
 
