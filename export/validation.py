@@ -19,7 +19,6 @@ from export.errors import ArtifactError, ProviderError, UsageError
 from export.runtime import RuntimeSession, check_provider, open_session
 from focal_graph.spec import FocalSpec
 
-FORMS = artifact.FORMS
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
@@ -64,7 +63,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         # check to name), then the realistic case, regenerated from its seed
         cases, expected = list(stored), dict(stored_outputs)
         with consistency.reading_reference(directory / artifact.REFERENCE):
-            realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, FORMS)
+            realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, artifact.forms(spec))
         cases += realistic
         expected.update(realistic_outputs)
         source = artifact.REFERENCE
@@ -143,7 +142,7 @@ def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: 
         except Exception as error:  # onnxruntime's own error types; the case fails, the others still run
             failures.append(f"{case.name}: ONNX Runtime raised {str(error).strip().splitlines()[0]}")
     ran = [case.name for case in cases if case.name in actual]
-    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(FORMS))
+    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(artifact.forms(spec)))
     import onnxruntime
 
     return _finite({
