@@ -130,7 +130,9 @@ class LossSummary:
     """Partial results of an eval: merge those of any split of the rows to get the whole's.
 
     ``count`` samples, the exact ``sum`` of their losses, ``ignored`` positions (``ignore_index``
-    labels), per-class sums and counts (for (N, C) predictions: by label, by positive target for
+    labels or sigmoid targets), for the sigmoid variant the ``positives`` (targets > 0.5 not
+    ignored) and the exact sum of each sample's loss over ``max(1, its positives)``, per-class
+    sums and counts (for (N, C) predictions: by label, by positive target for
     multi-label losses, by the largest target otherwise) and the ``top_k`` largest losses with
     their rows (and ids). Build one per batch with `add`, join with `merge`, and turn the result
     into the summary JSON with `as_dict`.
@@ -143,8 +145,10 @@ class LossSummary:
         # positions of the unreduced loss per sample: (..., C) for sigmoid, (...) for the others
         loss_shape = self.row_shape if spec.kind == ("variant", "sigmoid") else self.row_shape[:-1]
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
-        self.count, self.ignored = 0, 0
+        self.count, self.ignored, self.positives = 0, 0, 0
         self.total = ExactSums(1)
+        # sum over samples of loss_n / max(1, positives_n): torchvision's per-image normalisation
+        self.normalized_total = ExactSums(1)
         self.class_sums = ExactSums(self.classes if self.per_class else 0)
         self.class_count = np.zeros(self.classes if self.per_class else 0, np.int64)
         self.hardest: list[tuple[float, int | None, object]] = []  # (loss, row, id)
@@ -157,9 +161,16 @@ class LossSummary:
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), losses)
         ignored = None
-        if self.spec.sparse and self.spec.ignore_index is not None:
+        if self.spec.ignore_index is not None:  # sparse labels or sigmoid targets
             ignored = labels == self.spec.ignore_index
             self.ignored += int(ignored.sum())
+        if self.spec.normalized_by_positives:
+            positive = labels > 0.5
+            if ignored is not None:
+                positive &= ~ignored
+            per_row = positive.reshape(len(losses), -1).sum(axis=1)
+            self.positives += int(per_row.sum())
+            self.normalized_total.add(np.zeros(len(losses), np.int64), losses / np.maximum(per_row, 1))
         if self.per_class:
             if self.spec.sparse:
                 counted = ~ignored if ignored is not None else np.ones(len(labels), bool)
@@ -192,7 +203,9 @@ class LossSummary:
         if (other.spec, other.row_shape, other.top_k) != (self.spec, self.row_shape, self.top_k):
             raise ValueError("other: a summary of another loss, row shape or top_k")
         self.count, self.ignored = self.count + other.count, self.ignored + other.ignored
+        self.positives += other.positives
         self.total.absorb(other.total)
+        self.normalized_total.absorb(other.normalized_total)
         self.class_sums.absorb(other.class_sums)
         self.class_count = self.class_count + other.class_count
         self.hardest = _top(self.hardest + other.hardest, self.top_k)
@@ -219,21 +232,29 @@ class LossSummary:
                 "label" if self.spec.sparse else "positive targets" if self.spec.multi_label else "argmax of the targets"),
             "hardest": [_hard_row(loss, row, name) for loss, row, name in self.hardest],
         }
-        if self.spec.sparse and self.spec.ignore_index is not None:
+        if self.spec.ignore_index is not None:
             result["ignored_positions"] = self.ignored
+        if self.spec.normalized_by_positives:
+            # the artifact's `normalized` over the whole input, and the mean of its
+            # `per_sample_normalized`: RetinaNet's and torchvision's normalisations
+            result["positives"] = self.positives
+            result["normalized"] = total / max(self.positives, 1)
+            result["mean_per_sample_normalized"] = self.normalized_total.floats()[0] / self.count if self.count else None
         return result
 
     def to_bytes(self) -> bytes:
         """For shipping a worker's partial result to the driver: an .npz, no pickles."""
         buffer = io.BytesIO()
         header = {"spec": self.spec.to_json(), "row_shape": list(self.row_shape), "top_k": self.top_k,
-                  "count": self.count, "ignored": self.ignored, "hardest": self.hardest}
+                  "count": self.count, "ignored": self.ignored, "positives": self.positives, "hardest": self.hardest}
         # only the limbs in use (a few, for losses of similar size), not all 68 per class
-        used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0))
+        used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0)
+                              | self.normalized_total.limbs.any(axis=0))
         first, last = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
         header["limbs"] = [first, last]
         np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
                  total=self.total.limbs[:, first:last], class_limbs=self.class_sums.limbs[:, first:last],
+                 normalized_total=self.normalized_total.limbs[:, first:last],
                  class_count=self.class_count)
         return buffer.getvalue()
 
@@ -242,11 +263,12 @@ class LossSummary:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             header = json.loads(arrays["header"].tobytes())
             summary = cls(FocalSpec.from_json(header["spec"]), header["row_shape"], header["top_k"])
-            summary.count, summary.ignored = header["count"], header["ignored"]
+            summary.count, summary.ignored, summary.positives = header["count"], header["ignored"], header["positives"]
             summary.hardest = [tuple(entry) for entry in header["hardest"]]
             first, last = header["limbs"]
             summary.total.limbs[:, first:last] = arrays["total"]
             summary.class_sums.limbs[:, first:last] = arrays["class_limbs"]
+            summary.normalized_total.limbs[:, first:last] = arrays["normalized_total"]
             summary.class_count = arrays["class_count"]
         return summary
 
@@ -313,6 +335,9 @@ def format_summary(summary: dict) -> str:
         f"  samples {summary['count']}, sum {summary['sum']:.6g}, mean per sample {_number(summary['mean'])}, "
         f"mean per position {_number(summary['mean_per_position'])}",
     ]
+    if "normalized" in summary:
+        lines.append(f"  positives {summary['positives']}, normalized (sum / positives) {summary['normalized']:.6g}, "
+                     f"mean per-sample normalized {_number(summary['mean_per_sample_normalized'])}")
     if summary["per_class"]:
         shown = [c for c in summary["per_class"] if c["count"]][:20]
         lines.append("  per class (" + summary["per_class_by"] + "): " + ", ".join(
