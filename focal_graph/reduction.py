@@ -156,6 +156,28 @@ def reduce_loss(loss, reduction: str = "mean", mask=None, positives=None) -> tf.
     return reductions(loss, mask)[reduction]
 
 
+def normalized_sample_terms(loss, positives, normalization: str) -> tf.Tensor:
+    """(N,) per-sample terms whose mean over the batch is the ``normalization`` form of
+    `reductions` (``"normalized"`` or ``"per_sample_normalized"``): what a Keras loss returns so
+    that Keras's own mean over the batch (``sum_over_batch_size``) reports RetinaNet's figure.
+
+    - ``per_sample_normalized``: ``per_sample_n / max(1, P_n)`` (their mean is torchvision's);
+    - ``normalized``: ``per_sample_n * N / max(1, P)``, so that ``mean_n = sum / max(1, P)``.
+
+    ``loss`` (N, ...) and ``positives`` (its shape, boolean) as `reductions` takes them; float32
+    for 16-bit losses.
+    """
+    if normalization not in NORMALIZED_REDUCTIONS:
+        raise ValueError(f"normalization: expected one of {', '.join(NORMALIZED_REDUCTIONS)}, got {params.shown(normalization)}")
+    forms = reductions(loss, None, positives)
+    if normalization == "per_sample_normalized":
+        return forms["per_sample_normalized"]
+    per_sample = tf.cast(forms["per_sample"], tf.float64)
+    samples = tf.cast(tf.shape(per_sample)[0], tf.float64)
+    positives_total = tf.reduce_sum(tf.cast(positives, tf.float64))  # 0/1 values: exact in float64
+    return tf.cast(per_sample * (samples / tf.maximum(positives_total, 1.0)), forms["per_sample"].dtype)
+
+
 def per_sample_loss(loss) -> tf.Tensor:
     """Each sample's total loss: the sum over every axis but the first, shape (N,), of
     `reduced_dtype` (float32 for 16-bit losses), summed in stages as `reductions` does.
