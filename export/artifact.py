@@ -44,12 +44,12 @@ FORMS = ("loss", "per_sample", "sum", "mean")
 # RetinaNet's normalisation by positives, after FORMS in the artifacts of the losses that have it
 # (`FocalSpec.normalized_by_positives`: the sigmoid variant).
 NORMALIZED_FORMS = ("normalized", "per_sample_normalized")
-ALL_FORMS = FORMS + NORMALIZED_FORMS
+KNOWN_FORMS = FORMS + NORMALIZED_FORMS
 
 
 def forms(spec: FocalSpec) -> tuple[str, ...]:
     """The forms an artifact of ``spec`` carries, in output order."""
-    return ALL_FORMS if spec.normalized_by_positives else FORMS
+    return KNOWN_FORMS if spec.normalized_by_positives else FORMS
 
 # Libraries whose versions decide the artifact's numbers; recorded in every manifest.
 LIBRARIES = ("focalgraph", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "protobuf")

@@ -31,8 +31,8 @@ def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
     return batch + ("C",)
 
 
-ALL_FORMS = ("loss", "per_sample", "sum", "mean")
-REDUCED_FORMS = ("per_sample", "sum", "mean")
+ALL_FORMS = artifact.FORMS
+REDUCED_FORMS = tuple(form for form in artifact.FORMS if form != "loss")
 # The realistic case: this many positions (rows, or pixels and anchors over the batch) at the
 # spec's C, or at REALISTIC_CLASSES when C is dynamic: 16.4M elements, where one float32 running
 # sum in ONNX Runtime was 1.6e-3 off float64. Its batch shape per rank (product 16384):
@@ -343,7 +343,7 @@ def read_reference(path, forms) -> tuple[list[Case], dict]:
     """The cases stored with their inputs, and their outputs, whatever spec they were written for:
     a case's inputs are its arrays other than outputs, in the order they were written. Every
     form in ``forms`` must be stored (KeyError otherwise); the others of
-    `export.artifact.ALL_FORMS` are read where stored. The realistic case (inputs regenerated
+    `export.artifact.KNOWN_FORMS` are read where stored. The realistic case (inputs regenerated
     from the spec) is left to `read_realistic`."""
     with np.load(path, allow_pickle=False) as data:
         names = [str(name) for name in data["case_names"]]
@@ -353,7 +353,7 @@ def read_reference(path, forms) -> tuple[list[Case], dict]:
                 continue
             prefix = f"{number:03d}/"
             keys = [key[len(prefix):] for key in data.files if key.startswith(prefix)]
-            stored = [form for form in artifact.ALL_FORMS if form in forms or form in keys]
+            stored = [form for form in artifact.KNOWN_FORMS if form in forms or form in keys]
             cases.append(Case(name, {key: data[prefix + key] for key in keys if key not in stored}))
             outputs[name] = {form: data[prefix + form] for form in stored}
     return cases, outputs

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifact import ALL_FORMS, FORMS
+from export.artifact import KNOWN_FORMS, FORMS
 from export.artifact import forms as spec_forms
 from export.cases import Case
 from export.quiet import import_tensorflow, silenced_stderr
@@ -14,7 +14,7 @@ from focal_graph.spec import FocalSpec
 
 # SavedModel signature -> the form it returns (one output, named after the form).
 # serving_default is the unreduced loss, as serving clients expect of the default signature.
-SIGNATURES = {"serving_default": "loss", **{form: form for form in ALL_FORMS if form != "loss"}}
+SIGNATURES = {"serving_default": "loss", **{form: form for form in KNOWN_FORMS if form != "loss"}}
 
 
 def spec_signatures(spec: FocalSpec) -> dict[str, str]:

@@ -222,7 +222,9 @@ def positive_targets(targets, ignore_index=None) -> tf.Tensor:
     """The positives RetinaNet normalises by: targets > 0.5 at counted (not ``ignore_index``)
     elements, a boolean tensor of the targets' shape (..., C)."""
     targets = tf.convert_to_tensor(targets)
-    positive = tf.greater(tf.cast(targets, tf.float32) if not targets.dtype.is_floating else targets, 0.5)
+    if not targets.dtype.is_floating:
+        targets = tf.cast(targets, tf.float32)
+    positive = tf.greater(targets, 0.5)
     if ignore_index is None:
         return positive
     return tf.logical_and(positive, tf.logical_not(ignored_targets(targets, ignore_index)))
