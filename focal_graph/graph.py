@@ -84,7 +84,8 @@ class SpecLoss:
         return positive_targets(y_true, self.spec.ignore_index)
 
     def __call__(self, y_true, y_pred) -> tf.Tensor:
-        return reduce_loss(self.unreduced(y_true, y_pred), self.spec.reduction, self.mask(y_true))
+        return reduce_loss(self.unreduced(y_true, y_pred), self.spec.reduction, self.mask(y_true),
+                           self.positives(y_true))
 
     def forms(self, y_true, y_pred) -> dict[str, tf.Tensor]:
         """Every form of the loss from one evaluation, whatever the spec's own ``reduction``:

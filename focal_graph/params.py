@@ -16,6 +16,8 @@ import numpy as np
 PerClass = Union[float, tuple[float, ...]]
 
 REDUCTIONS = ("none", "sum", "mean")
+# RetinaNet's normalisation by positive targets: the sigmoid variant's reductions besides REDUCTIONS
+NORMALIZED_REDUCTIONS = ("normalized", "per_sample_normalized")
 KERAS_EPSILON = 1e-7  # Keras's backend epsilon: the default probability clip, the seeds' too
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Per-class values become constants of the loss's compute type, float32 for float16, bfloat16 and
@@ -120,9 +122,11 @@ def label_smoothing(value) -> float:
     return unit_float("label_smoothing", value)
 
 
-def reduction(value) -> str:
-    if not isinstance(value, str) or value not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {shown(value)}")
+def reduction(value, *, normalized: bool = False) -> str:
+    """One of `REDUCTIONS`, or of `NORMALIZED_REDUCTIONS` too where ``normalized`` (sigmoid)."""
+    allowed = REDUCTIONS + (NORMALIZED_REDUCTIONS if normalized else ())
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"reduction: expected one of {', '.join(allowed)}, got {shown(value)}")
     return value
 
 

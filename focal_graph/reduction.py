@@ -122,7 +122,7 @@ def _per_sample(loss: tf.Tensor) -> tf.Tensor:
     return _per_sample_wide(loss)
 
 
-NORMALIZED_REDUCTIONS = ("normalized", "per_sample_normalized")
+NORMALIZED_REDUCTIONS = params.NORMALIZED_REDUCTIONS
 
 
 def reduce_loss(loss, reduction: str = "mean", mask=None, positives=None) -> tf.Tensor:

@@ -74,7 +74,8 @@ class FocalSpec:
       per class only). ``class_counts`` (with ``weighting`` and ``beta``) derives ``class_weight``.
     - ``from_logits``, ``label_smoothing``, ``ignore_index`` (a label for sparse_softmax, a target
       value outside [0, 1] for sigmoid), ``epsilon`` (probability clip),
-      ``reduction`` (``none`` | ``sum`` | ``mean``).
+      ``reduction`` (``none`` | ``sum`` | ``mean``; sigmoid also ``normalized`` |
+      ``per_sample_normalized``).
     - ``rank``: rank of the predictions, class axis included (2 to 8); ``dtype`` of the predictions.
 
     Invalid values raise a ValueError naming the field.
@@ -204,7 +205,7 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
     out["rank"] = params.integer("rank", out["rank"], minimum=2, maximum=MAX_RANK)
     if not isinstance(out["dtype"], str) or out["dtype"] not in params.DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {params.shown(out['dtype'])}")
-    out["reduction"] = params.reduction(out["reduction"])
+    out["reduction"] = params.reduction(out["reduction"], normalized=kind in NORMALIZED_BY_POSITIVES)
     if not isinstance(out["from_logits"], bool):
         raise ValueError(f"from_logits: expected true or false, got {params.shown(out['from_logits'])}")
 

@@ -233,3 +233,21 @@ def test_eval_refuses_a_sigmoid_target_outside_0_1_that_is_not_ignore_index():
     targets[2, 1, 1] = -2
     with pytest.raises(UsageError, match="row 2 has a target outside"):
         checked_labels(spec, targets, 0, 2)
+
+
+@pytest.mark.parametrize("reduction", ["normalized", "per_sample_normalized"])
+def test_a_sigmoid_specs_own_reduction_may_be_normalized(reduction, rng):
+    import focal_graph as fg
+
+    spec = fg.FocalSpec(variant="sigmoid", alpha=ALPHA, gamma=GAMMA, ignore_index=IGNORE, rank=3, reduction=reduction)
+    targets, logits = dense_inputs(rng, 3)
+    got = fg.build_graph(spec)(targets, logits).numpy()
+    np.testing.assert_allclose(got, expected_forms(targets, logits)[reduction], rtol=2e-6)
+    assert fg.FocalSpec.from_json(spec.to_json()) == spec
+
+
+def test_only_the_sigmoid_variant_reduces_by_positives():
+    import focal_graph as fg
+
+    with pytest.raises(ValueError, match="^reduction: expected one of none, sum, mean, got 'normalized'"):
+        fg.FocalSpec(variant="softmax", reduction="normalized")
