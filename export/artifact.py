@@ -6,6 +6,7 @@ can verify and read an artifact.
     DIR/
       spec.json        the FocalSpec, exactly as FocalSpec.to_json() writes it
       saved_model/     TF SavedModel: serving_default (unreduced loss), per_sample, sum, mean
+                       (sigmoid: also normalized, per_sample_normalized)
       model.onnx       the same graph through tf2onnx
       reference.npz    validation inputs and TensorFlow's outputs
       validation.json  the export run's parity report
@@ -40,6 +41,15 @@ MANIFEST_VERSION = 1
 SPEC_METADATA = "focalgraph.spec"  # the ONNX metadata key that holds the spec's JSON
 # The loss's forms: the ONNX model's outputs in this order, one SavedModel signature each.
 FORMS = ("loss", "per_sample", "sum", "mean")
+# RetinaNet's normalisation by positives, after FORMS in the artifacts of the losses that have it
+# (`FocalSpec.normalized_by_positives`: the sigmoid variant).
+NORMALIZED_FORMS = ("normalized", "per_sample_normalized")
+KNOWN_FORMS = FORMS + NORMALIZED_FORMS
+
+
+def forms(spec: FocalSpec) -> tuple[str, ...]:
+    """The forms an artifact of ``spec`` carries, in output order."""
+    return KNOWN_FORMS if spec.normalized_by_positives else FORMS
 
 # Libraries whose versions decide the artifact's numbers; recorded in every manifest.
 LIBRARIES = ("focalgraph", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "protobuf")

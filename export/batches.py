@@ -137,9 +137,13 @@ def checked_labels(spec: FocalSpec, batch: np.ndarray, first_row: int, classes: 
             raise UsageError(f"{name}: row {first_row + row} has label {int(value)}; expected a class in {allowed}")
         return np.ascontiguousarray(batch, dtype=np.int64)
     batch = np.ascontiguousarray(batch, dtype=spec.dtype)
-    bad = ~((batch >= 0) & (batch <= 1)).reshape(len(batch), -1).all(axis=1)  # NaN fails too
+    valid = (batch >= 0) & (batch <= 1)  # NaN fails too
+    if spec.ignore_index is not None:  # sigmoid: RetinaNet's -1 for anchors between the IoU thresholds
+        valid |= batch == spec.ignore_index
+    bad = ~valid.reshape(len(batch), -1).all(axis=1)
     if bad.any():
-        raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has a target outside [0, 1]")
+        allowed = "[0, 1]" + (f" and not ignore_index={spec.ignore_index}" if spec.ignore_index is not None else "")
+        raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has a target outside {allowed}")
     return batch
 
 

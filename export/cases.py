@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export import artifact
 from export.errors import UsageError
 from focal_graph.spec import FocalSpec
 
@@ -30,8 +31,8 @@ def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
     return batch + ("C",)
 
 
-ALL_FORMS = ("loss", "per_sample", "sum", "mean")
-REDUCED_FORMS = ("per_sample", "sum", "mean")
+ALL_FORMS = artifact.FORMS
+REDUCED_FORMS = tuple(form for form in artifact.FORMS if form != "loss")
 # The realistic case: this many positions (rows, or pixels and anchors over the batch) at the
 # spec's C, or at REALISTIC_CLASSES when C is dynamic: 16.4M elements, where one float32 running
 # sum in ONNX Runtime was 1.6e-3 off float64. Its batch shape per rank (product 16384):
@@ -171,9 +172,32 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
             cases.append(builder.case(f"all ignore_index {_text(base)}", base, labels=everything))
     else:
         cases.append(builder.case(f"soft targets {_text(base)}", base, soft=True))
+        if spec.multi_label and spec.ignore_index is not None:
+            cases += _ignored_targets_cases(spec, builder, base, alternate)
     if not spec.from_logits:
         cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
     return cases
+
+
+def _ignored_targets_cases(spec: FocalSpec, builder, base, alternate) -> list[Case]:
+    """Sigmoid targets equal to ``ignore_index``: a third of the positions (whole rows of C, as
+    RetinaNet ignores anchors), single elements, non-finite predictions there, and everything."""
+    ignored_rows = (alternate % 3 == 0)[..., None] & np.ones(base, bool)
+    ignored_elements = np.indices(base).sum(axis=0) % 4 == 1
+    everything = np.ones(base, bool)
+
+    def targets(where):
+        def edit(y_true):
+            return np.where(where, spec.ignore_index, y_true)
+        return edit
+
+    return [
+        builder.case(f"ignore_index anchors {_text(base)}", base, edit_targets=targets(ignored_rows)),
+        builder.case(f"ignore_index elements {_text(base)}", base, edit_targets=targets(ignored_elements)),
+        builder.case(f"non-finite predictions at ignore_index {_text(base)}", base, edit_targets=targets(ignored_rows),
+                     edit=_non_finite(spec, where=alternate % 3 == 0)),
+        builder.case(f"all ignore_index {_text(base)}", base, edit_targets=targets(everything)),
+    ]
 
 
 def realistic_shape(spec: FocalSpec) -> tuple[int, ...]:
@@ -198,13 +222,16 @@ def realistic_case(spec: FocalSpec, seed: int = 0) -> Case:
             y_true = np.where(portable_uniform(labels.size, seed, 2).reshape(positions) < 0.1, spec.ignore_index, labels)
     elif spec.multi_label:
         y_true = (portable_uniform(size, seed, 3).reshape(shape) < 0.3).astype(dtype)
+        if spec.ignore_index is not None:  # RetinaNet's anchors between the IoU thresholds
+            y_true = np.where(portable_uniform(size, seed, 2).reshape(shape) < 0.1, spec.ignore_index, y_true).astype(dtype)
     else:
         y_true = np.zeros(shape, dtype)
         np.put_along_axis(y_true, labels[..., None], 1, axis=-1)
     predictions = logits if spec.from_logits else probabilities(spec, logits)
     true_name, prediction_name = spec.input_names
     inputs = {true_name: y_true, prediction_name: predictions.astype(dtype)}
-    return Case(f"{REALISTIC_NAME} {_text(shape)} seed {seed}", inputs, REDUCED_FORMS)
+    reduced = tuple(form for form in artifact.forms(spec) if form != "loss")
+    return Case(f"{REALISTIC_NAME} {_text(shape)} seed {seed}", inputs, reduced)
 
 
 def portable_uniform(count: int, seed: int, stream: int) -> np.ndarray:
@@ -256,7 +283,8 @@ class _CaseBuilder:
             raise UsageError("dtype: bfloat16 inputs cannot be generated (numpy has no bfloat16)")
         self.dtype = np.dtype(spec.dtype)
 
-    def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False, edit=None) -> Case:
+    def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False, edit=None,
+             edit_targets=None) -> Case:
         spec, rng = self.spec, self.rng
         classes = shape[-1]
         if logits is None:
@@ -280,10 +308,12 @@ class _CaseBuilder:
             predictions = probabilities(spec, logits)
         if edit is not None:
             predictions = edit(np.array(predictions, dtype=np.float64))
+        if edit_targets is not None:
+            y_true = edit_targets(y_true)
         true_name, prediction_name = spec.input_names
         if not spec.sparse:
             y_true = y_true.astype(self.dtype)
-        return Case(name, {true_name: y_true, prediction_name: predictions.astype(self.dtype)})
+        return Case(name, {true_name: y_true, prediction_name: predictions.astype(self.dtype)}, artifact.forms(spec))
 
 
 def save_reference(path, cases: list[Case], outputs: dict) -> None:
@@ -304,15 +334,17 @@ def load_reference(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
     realistic case regenerated from its seed; raises ValueError (KeyError where an input or form is
     missing) on a malformed file."""
     stored, outputs = read_reference(path, forms)
-    cases = [Case(case.name, {key: case.inputs[key] for key in spec.input_names}) for case in stored]
+    cases = [Case(case.name, {key: case.inputs[key] for key in spec.input_names}, artifact.forms(spec)) for case in stored]
     realistic, realistic_outputs = read_realistic(path, spec, forms)
     return cases + realistic, {**outputs, **realistic_outputs}
 
 
 def read_reference(path, forms) -> tuple[list[Case], dict]:
     """The cases stored with their inputs, and their outputs, whatever spec they were written for:
-    a case's inputs are its arrays other than ``forms``, in the order they were written. The
-    realistic case (inputs regenerated from the spec) is left to `read_realistic`."""
+    a case's inputs are its arrays other than outputs, in the order they were written. Every
+    form in ``forms`` must be stored (KeyError otherwise); the others of
+    `export.artifact.KNOWN_FORMS` are read where stored. The realistic case (inputs regenerated
+    from the spec) is left to `read_realistic`."""
     with np.load(path, allow_pickle=False) as data:
         names = [str(name) for name in data["case_names"]]
         cases, outputs = [], {}
@@ -321,8 +353,9 @@ def read_reference(path, forms) -> tuple[list[Case], dict]:
                 continue
             prefix = f"{number:03d}/"
             keys = [key[len(prefix):] for key in data.files if key.startswith(prefix)]
-            cases.append(Case(name, {key: data[prefix + key] for key in keys if key not in forms}))
-            outputs[name] = {form: data[prefix + form] for form in forms}
+            stored = [form for form in artifact.KNOWN_FORMS if form in forms or form in keys]
+            cases.append(Case(name, {key: data[prefix + key] for key in keys if key not in stored}))
+            outputs[name] = {form: data[prefix + form] for form in stored}
     return cases, outputs
 
 

@@ -29,7 +29,8 @@ _SPEC_OPTIONS = [
     click.option("--label-smoothing", type=float, help="Label smoothing in [0, 1]."),
     click.option("--ignore-index", type=int, help="Label value whose positions are left out (sparse losses)."),
     click.option("--epsilon", type=float, help="Probability clip (with --from-probs)."),
-    click.option("--reduction", help="none | sum | mean: the spec's own reduction (an artifact carries every form)."),
+    click.option("--reduction", help="none | sum | mean (sigmoid: also normalized | per_sample_normalized): the "
+                 "spec's own reduction (an artifact carries every form)."),
     click.option("--rank", type=int, help="Rank of the predictions, class axis included (default 2)."),
     click.option("--dtype", help="float32 (default) | float16 | float64."),
 ]

@@ -176,7 +176,7 @@ def stored_cases(directory) -> tuple[list[Case], dict]:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; the artifact's files cannot be checked against each other without it")
     with reading_reference(path):
-        cases, outputs = read_reference(path, FORMS)
+        cases, outputs = read_reference(path, FORMS)  # and NORMALIZED_FORMS where stored
     if len({case.name for case in cases}) != len(cases) or any(len(case.inputs) != 2 for case in cases):
         raise ArtifactError(f"{path}: unreadable (not two inputs and four outputs per case, each case named once)")
     return cases, outputs
@@ -315,7 +315,7 @@ def _pair(a: Witness, b: Witness, *, atol: float, rtol: float) -> dict:
         pair["agree"] = True
         return pair
     cases = [name for name in a.outputs if name in b.outputs]
-    forms = [form for form in FORMS if cases and all(form in a.outputs[c] and form in b.outputs[c] for c in cases)]
+    forms = [form for form in artifact.KNOWN_FORMS if cases and all(form in a.outputs[c] and form in b.outputs[c] for c in cases)]
     if not cases or not forms:
         pair["reason"] = "no output in common"
         return pair

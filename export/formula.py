@@ -9,16 +9,18 @@ gamma 2 passed every other check. It is written from the docstrings' formulas, s
   ``[epsilon, min(1 - epsilon, the largest number below 1)]`` in that compute dtype (seed 000's
   1e-8 is below float32's spacing at 1), and ``1 - p`` is floored at its smallest normal number
   before ``**gamma``;
-- a sparse label outside [0, C) gives NaN, an ``ignore_index`` label gives 0 (whatever the
-  logits), and a mean leaves ``ignore_index`` positions out of its denominator; a dense target
-  outside [0, 1] (or NaN) gives NaN at its position;
+- a sparse label outside [0, C) gives NaN, an ``ignore_index`` label (or sigmoid target) gives 0
+  (whatever the logits), and a mean leaves ``ignore_index`` positions out of its denominator; a
+  dense target outside [0, 1] (or NaN) that is not ``ignore_index`` gives NaN at its position;
 - a sigmoid loss from logits is written as the graph writes it (`focal_graph.probabilities.
   sigmoid_focal_terms`, with ``m = -|x|``), which decides what an infinite logit gives: inf
   where ``log p = x - softplus(x)`` would give inf - inf = NaN;
 - the forms are the artifact's: ``loss`` (unreduced, rounded once to the spec's dtype), then
   ``per_sample`` (the sum over every axis but the first), ``sum`` and ``mean`` of that rounded
   loss, as the graph reduces it, and float32 for a 16-bit spec (Keras's mixed-precision rule,
-  `focal_graph.reduction.reduced_dtype`: a float16 sum overflows).
+  `focal_graph.reduction.reduced_dtype`: a float16 sum overflows); for the sigmoid variant also
+  ``normalized`` (``sum / max(1, P)``) and ``per_sample_normalized`` (``per_sample_n / max(1,
+  P_n)``), P the targets > 0.5 that are not ``ignore_index``.
 
 Everything else is float64, so the formula differs from a float32 graph by float32 rounding.
 """
@@ -35,7 +37,7 @@ from focal_graph.weights import class_weights
 
 
 def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
-    """The four forms of ``spec``'s loss: ``loss`` in the spec's dtype, the reduced forms in
+    """The forms of ``spec``'s loss: ``loss`` in the spec's dtype, the reduced forms in
     float32 for a 16-bit spec and in the spec's dtype otherwise.
 
     Args:
@@ -44,7 +46,8 @@ def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
         predictions: logits, or probabilities when ``spec.from_logits`` is false, (..., C).
 
     Returns:
-        ``{"loss": (...) or (..., C) or (..., 1), "per_sample": (N,), "sum": (), "mean": ()}``.
+        ``{"loss": (...) or (..., C) or (..., 1), "per_sample": (N,), "sum": (), "mean": ()}``,
+        and ``"normalized": ()``, ``"per_sample_normalized": (N,)`` for the sigmoid variant.
 
     Raises:
         ValueError: inputs whose rank, class count or shapes do not fit the spec.
@@ -64,17 +67,27 @@ def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
         loss = loss.astype(spec.dtype)
         reduced = loss.astype(np.float64)  # the graph reduces the loss it returns, rounded to its dtype
         counted = None
-        if spec.sparse and spec.ignore_index is not None:
+        if spec.ignore_index is not None:  # sparse labels, or sigmoid targets
             counted = y_true != spec.ignore_index
         total = reduced.sum() if counted is None else np.where(counted, reduced, 0.0).sum()
         count = reduced.size if counted is None else int(counted.sum())
         reduced_dtype = np.float32 if spec.dtype in ("float16", "bfloat16") else spec.dtype
-        return {
+        axes = tuple(range(1, reduced.ndim))
+        per_sample = reduced.sum(axis=axes)
+        forms = {
             "loss": loss,
-            "per_sample": reduced.sum(axis=tuple(range(1, reduced.ndim))).astype(reduced_dtype),
+            "per_sample": per_sample.astype(reduced_dtype),
             "sum": np.asarray(total).astype(reduced_dtype),
             "mean": np.asarray(total / max(count, 1)).astype(reduced_dtype),
         }
+        if spec.normalized_by_positives:
+            positive = y_true.astype(np.float64) > 0.5
+            if counted is not None:
+                positive &= counted
+            positives = positive.sum(axis=axes).astype(np.float64)
+            forms["normalized"] = np.asarray(total / max(positives.sum(), 1.0)).astype(reduced_dtype)
+            forms["per_sample_normalized"] = (per_sample / np.maximum(positives, 1.0)).astype(reduced_dtype)
+        return forms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +231,14 @@ def _variant_softmax(spec, targets, predictions, compute):
 
 
 def _variant_sigmoid(spec, targets, predictions, compute):
-    return _sigmoid(spec, targets, predictions, compute, gamma=spec.gamma, alpha=spec.alpha,
+    """The sigmoid loss; 0 where the target is ``ignore_index`` (whatever the prediction)."""
+    if spec.ignore_index is None:
+        return _sigmoid(spec, targets, predictions, compute, gamma=spec.gamma, alpha=spec.alpha,
+                        label_smoothing=spec.label_smoothing, from_logits=spec.from_logits, epsilon=spec.epsilon)
+    ignored = targets == spec.ignore_index
+    loss = _sigmoid(spec, np.where(ignored, 0.0, targets), predictions, compute, gamma=spec.gamma, alpha=spec.alpha,
                     label_smoothing=spec.label_smoothing, from_logits=spec.from_logits, epsilon=spec.epsilon)
+    return np.where(ignored, 0.0, loss)
 
 
 def _preset_multilabel_lsr(spec, targets, probabilities, compute):

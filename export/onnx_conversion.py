@@ -22,7 +22,6 @@ from focal_graph.spec import FocalSpec
 
 OPSETS = range(13, 19)  # tf2onnx 1.17 writes at most 18; 13 is the first with ReduceSum(axes) as input
 DEFAULT_OPSET = 17
-FORMS = artifact.FORMS
 METADATA_PREFIX = "focalgraph."
 
 
@@ -47,7 +46,7 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     model = _arranged(model, spec)
     if metadata:
         onnx.helper.set_model_props(model, {METADATA_PREFIX + key: str(value) for key, value in metadata.items()})
-    model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(FORMS)}"
+    model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(artifact.forms(spec))}"
     check(model, spec)
     return model
 
@@ -71,13 +70,14 @@ def _without_global_pool_optimizer():
 
 
 def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
-    """Outputs in `FORMS` order; every dynamic dimension of the inputs and outputs named so that
+    """Outputs in `export.artifact.forms` order; every dynamic dimension of the inputs and outputs named so that
     the N of the labels is the N of the logits; tf2onnx's per-tensor shape hints (``unk__``
     names) dropped, as ONNX Runtime infers those itself."""
     graph = model.graph
     by_name = {output.name: output for output in graph.output}
-    if set(by_name) == set(FORMS):
-        ordered = [by_name[name] for name in FORMS]
+    forms = artifact.forms(spec)
+    if set(by_name) == set(forms):
+        ordered = [by_name[name] for name in forms]
         del graph.output[:]
         graph.output.extend(ordered)
     names = dimension_names(spec)
@@ -93,7 +93,7 @@ def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
 
 def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
     """Raise `ConversionError` unless every op is a known ONNX op, the graph inputs are exactly
-    the spec's, the outputs are `FORMS`, the full checker passes and ONNX Runtime runs it."""
+    the spec's, the outputs are its forms (`export.artifact.forms`), the full checker passes and ONNX Runtime runs it."""
     for node in _nodes(model.graph):
         if not onnx.defs.has(node.op_type, node.domain or ""):
             raise ConversionError(
@@ -110,8 +110,9 @@ def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
     if [name for name in inputs if name in expected] != expected:
         raise ConversionError(f"ONNX graph inputs {inputs}: expected {expected}")
     outputs = [value.name for value in model.graph.output]
-    if outputs != list(FORMS):
-        raise ConversionError(f"ONNX graph outputs {outputs}: expected {list(FORMS)}")
+    forms = list(artifact.forms(spec))
+    if outputs != forms:
+        raise ConversionError(f"ONNX graph outputs {outputs}: expected {forms}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as error:  # onnx.checker.ValidationError, shape-inference errors
@@ -124,7 +125,7 @@ def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
         results = session.run(case.inputs)
     except Exception as error:
         raise ConversionError(f"ONNX Runtime cannot run the model: {type(error).__name__}: {error}") from error
-    if set(results) != set(FORMS) or results["per_sample"].shape != case.shape[:1]:
+    if set(results) != set(forms) or results["per_sample"].shape != case.shape[:1]:
         raise ConversionError(f"ONNX Runtime returned outputs {sorted(results)} of unexpected shapes")
 
 

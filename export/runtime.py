@@ -131,7 +131,8 @@ class LossSession:
     ``threads``: ONNX Runtime's intra-op threads (default: one per core).
 
     ``session(y_true, predictions)`` returns the per-sample losses, shape (N,); ``forms(...)``
-    returns every output (``loss``, ``per_sample``, ``sum``, ``mean``). ONNX Runtime sessions
+    returns every output (``loss``, ``per_sample``, ``sum``, ``mean``; a sigmoid loss's
+    ``normalized`` and ``per_sample_normalized`` too). ONNX Runtime sessions
     may be run from several threads at once, and nothing here keeps per-call state, so one
     LossSession serves many threads.
     """

@@ -148,17 +148,19 @@ class LossSummary:
     """Partial results of an eval: merge those of any split of the rows to get the whole's.
 
     ``count`` samples, the exact ``sum`` of their losses, ``ignored`` positions (``ignore_index``
-    labels), per-class exact sums and counts over the loss's positions (pixels, anchors; the rows
-    for (N, C)), and the ``top_k`` largest per-sample losses with their rows (and ids). Build
-    one per batch with `add`, join with `merge`, and turn the result into the summary JSON with
-    `as_dict`.
+    labels or sigmoid targets), for the sigmoid variant the ``positives`` (targets > 0.5 not
+    ignored) and the exact sum of each sample's loss over ``max(1, its positives)``, per-class
+    exact sums and counts over the loss's positions (pixels, anchors; the rows for (N, C)), and
+    the ``top_k`` largest per-sample losses with their rows (and ids). Build one per batch with
+    `add`, join with `merge`, and turn the result into the summary JSON with `as_dict`.
 
     Per class c, from the element losses ``elements`` (the artifact's ``loss`` output):
 
     - sparse: mean over the positions labelled c, ``sum(loss[label == c]) / #(label == c)``
       (ignored positions are in no class);
     - sigmoid (the loss has a class axis): each class's own loss ``loss[..., c]``, over every
-      position, and split into positives (``target[..., c] >= 0.5``) and negatives;
+      position, and split into positives (``target[..., c] >= 0.5``) and negatives
+      (``ignore_index`` elements are in neither);
     - soft or one-hot targets: by the position's largest target (all-zero targets: no class);
     - the multi-label presets (their loss sums the classes): the position's loss over the
       positions with a positive target for c.
@@ -175,8 +177,10 @@ class LossSummary:
         self.own_class_loss = spec.kind == ("variant", "sigmoid")
         loss_shape = self.row_shape if self.own_class_loss else self.row_shape[:-1]
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
-        self.count, self.ignored = 0, 0
+        self.count, self.ignored, self.positives = 0, 0, 0
         self.total = ExactSums(1)
+        # sum over samples of loss_n / max(1, positives_n): torchvision's per-image normalisation
+        self.normalized_total = ExactSums(1)
         # keys [0, C): class c's positions; with own_class_loss, [C, 2C): class c's negatives
         slots = 2 * self.classes if self.own_class_loss else self.classes
         self.class_sums = ExactSums(slots)
@@ -205,14 +209,26 @@ class LossSummary:
             elements = elements.astype(np.float64)
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), losses)
+        ignored = None
+        if self.spec.ignore_index is not None:  # sparse labels or sigmoid targets
+            ignored = labels == self.spec.ignore_index
+            self.ignored += int(np.count_nonzero(ignored))
+        if self.spec.normalized_by_positives:
+            positive = labels > 0.5
+            if ignored is not None:
+                positive &= ~ignored
+            per_row = positive.reshape(len(losses), -1).sum(axis=1)
+            self.positives += int(per_row.sum())
+            self.normalized_total.add(np.zeros(len(losses), np.int64), losses / np.maximum(per_row, 1))
         if self.spec.sparse:
-            counted = labels != self.spec.ignore_index if self.spec.ignore_index is not None else np.ones(labels.shape, bool)
-            self.ignored += int(counted.size - np.count_nonzero(counted))
+            counted = ~ignored if ignored is not None else np.ones(labels.shape, bool)
             keys, values = labels[counted], elements[counted]
-        elif self.own_class_loss:  # every class's own loss; negatives are counted apart
+        elif self.own_class_loss:  # every class's own loss; negatives are counted apart, ignored in neither
             negative = labels < 0.5
             keys = np.broadcast_to(np.arange(self.classes), labels.shape) + self.classes * negative
             values = elements
+            if ignored is not None:
+                keys, values = keys[~ignored], values[~ignored]
         elif self.spec.multi_label:  # the position's loss, once per class it is positive for
             where = np.nonzero(labels >= 0.5)
             keys, values = where[-1], elements[where[:-1]]
@@ -240,7 +256,9 @@ class LossSummary:
         if (other.spec, other.row_shape, other.top_k) != (self.spec, self.row_shape, self.top_k):
             raise ValueError("other: a summary of another loss, row shape or top_k")
         self.count, self.ignored = self.count + other.count, self.ignored + other.ignored
+        self.positives += other.positives
         self.total.absorb(other.total)
+        self.normalized_total.absorb(other.normalized_total)
         self.class_sums.absorb(other.class_sums)
         self.class_count = self.class_count + other.class_count
         self.hardest = _top(self.hardest + other.hardest, self.top_k)
@@ -259,8 +277,14 @@ class LossSummary:
             "per_class_by": _PER_CLASS_BY[self._grouping()],
             "hardest": [_hard_row(loss, row, name) for loss, row, name in self.hardest],
         }
-        if self.spec.sparse and self.spec.ignore_index is not None:
+        if self.spec.ignore_index is not None:
             result["ignored_positions"] = self.ignored
+        if self.spec.normalized_by_positives:
+            # the artifact's `normalized` over the whole input, and the mean of its
+            # `per_sample_normalized`: RetinaNet's and torchvision's normalisations
+            result["positives"] = self.positives
+            result["normalized"] = total / max(self.positives, 1)
+            result["mean_per_sample_normalized"] = self.normalized_total.floats()[0] / self.count if self.count else None
         return result
 
     @property
@@ -295,13 +319,15 @@ class LossSummary:
         """For shipping a worker's partial result to the driver: an .npz, no pickles."""
         buffer = io.BytesIO()
         header = {"spec": self.spec.to_json(), "row_shape": list(self.row_shape), "top_k": self.top_k,
-                  "count": self.count, "ignored": self.ignored, "hardest": self.hardest}
+                  "count": self.count, "ignored": self.ignored, "positives": self.positives, "hardest": self.hardest}
         # only the limbs in use (a few, for losses of similar size), not all 68 per class
-        used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0))
+        used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0)
+                              | self.normalized_total.limbs.any(axis=0))
         first, last = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
         header["limbs"] = [first, last]
         np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
                  total=self.total.limbs[:, first:last], class_limbs=self.class_sums.limbs[:, first:last],
+                 normalized_total=self.normalized_total.limbs[:, first:last],
                  class_count=self.class_count)
         return buffer.getvalue()
 
@@ -310,11 +336,12 @@ class LossSummary:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             header = json.loads(arrays["header"].tobytes())
             summary = cls(FocalSpec.from_json(header["spec"]), header["row_shape"], header["top_k"])
-            summary.count, summary.ignored = header["count"], header["ignored"]
+            summary.count, summary.ignored, summary.positives = header["count"], header["ignored"], header["positives"]
             summary.hardest = [tuple(entry) for entry in header["hardest"]]
             first, last = header["limbs"]
             summary.total.limbs[:, first:last] = arrays["total"]
             summary.class_sums.limbs[:, first:last] = arrays["class_limbs"]
+            summary.normalized_total.limbs[:, first:last] = arrays["normalized_total"]
             summary.class_count = arrays["class_count"]
         return summary
 
@@ -407,6 +434,9 @@ def format_summary(summary: dict) -> str:
         f"  samples {summary['count']}, sum {summary['sum']:.6g}, mean per sample {_number(summary['mean'])}, "
         f"mean per position {_number(summary['mean_per_position'])}",
     ]
+    if "normalized" in summary:
+        lines.append(f"  positives {summary['positives']}, normalized (sum / positives) {summary['normalized']:.6g}, "
+                     f"mean per-sample normalized {_number(summary['mean_per_sample_normalized'])}")
     if summary["per_class"]:
         shown = [c for c in summary["per_class"] if c["count"]][:20]
         lines.append("  per class (" + summary["per_class_by"] + "): " + ", ".join(

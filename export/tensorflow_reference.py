@@ -6,14 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifact import FORMS
+from export.artifact import KNOWN_FORMS, FORMS
+from export.artifact import forms as spec_forms
 from export.cases import Case
 from export.quiet import import_tensorflow, silenced_stderr
 from focal_graph.spec import FocalSpec
 
 # SavedModel signature -> the form it returns (one output, named after the form).
 # serving_default is the unreduced loss, as serving clients expect of the default signature.
-SIGNATURES = {"serving_default": "loss", **{form: form for form in FORMS if form != "loss"}}
+SIGNATURES = {"serving_default": "loss", **{form: form for form in KNOWN_FORMS if form != "loss"}}
+
+
+def spec_signatures(spec: FocalSpec) -> dict[str, str]:
+    """`SIGNATURES` of the forms ``spec``'s artifacts carry (`export.artifact.forms`)."""
+    carried = spec_forms(spec)
+    return {name: form for name, form in SIGNATURES.items() if form in carried}
 
 
 class _Form:
@@ -40,7 +47,7 @@ def save_saved_model(spec: FocalSpec, path: Path, xla: bool = True) -> None:
     loss = SpecLoss(spec)
     module = tf.Module()
     signatures = {}
-    for name, form in SIGNATURES.items():
+    for name, form in spec_signatures(spec).items():
         function = tf.function(_Form(loss, form), input_signature=input_signature(spec), autograph=False,
                                jit_compile=xla)
         setattr(module, name, function)
@@ -62,7 +69,9 @@ def saved_model_forms(path: Path):
     tf = _tensorflow_for_parity()
     with silenced_stderr():
         loaded = tf.saved_model.load(str(path))
-    functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()}
+    # every signature the SavedModel has: FORMS always, NORMALIZED_FORMS where the spec has them
+    functions = {form: loaded.signatures[name] for name, form in SIGNATURES.items()
+                 if form in FORMS or name in loaded.signatures}
 
     def run(inputs: dict, forms=FORMS) -> dict:
         with silenced_stderr():  # XLA logs its first compilation at INFO level

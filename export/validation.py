@@ -19,7 +19,6 @@ from export.errors import ArtifactError, ProviderError, UsageError
 from export.runtime import RuntimeSession, check_provider, open_session
 from focal_graph.spec import FocalSpec
 
-FORMS = artifact.FORMS
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
@@ -64,7 +63,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         # check to name), then the realistic case, regenerated from its seed
         cases, expected = list(stored), dict(stored_outputs)
         with consistency.reading_reference(directory / artifact.REFERENCE):
-            realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, FORMS)
+            realistic, realistic_outputs = read_realistic(directory / artifact.REFERENCE, spec, artifact.forms(spec))
         cases += realistic
         expected.update(realistic_outputs)
         source = artifact.REFERENCE
@@ -143,7 +142,7 @@ def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: 
         except Exception as error:  # onnxruntime's own error types; the case fails, the others still run
             failures.append(f"{case.name}: ONNX Runtime raised {str(error).strip().splitlines()[0]}")
     ran = [case.name for case in cases if case.name in actual]
-    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(FORMS))
+    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(artifact.forms(spec)))
     import onnxruntime
 
     return _finite({
@@ -174,6 +173,7 @@ def _finite(value):
 def format_report(report: dict) -> str:
     """The report as the command line prints it: one line per output, then the verdict."""
     runtime = report["onnxruntime"]
+    width = max([11] + [len(verdict["output"]) for verdict in report["outputs"]])  # per_sample_normalized: 21
     nodes = ", ".join(f"{provider} {count}" for provider, count in runtime["nodes_per_provider"].items())
     lines = [
         f"{report.get('artifact', '')}  {report['spec']}",
@@ -181,12 +181,12 @@ def format_report(report: dict) -> str:
         f"  ONNX Runtime {runtime['version']}: {runtime['provider']} ran the graph (nodes: {nodes})"
         + (f"  [{runtime['note']}]" if runtime["note"] else ""),
         f"  tolerance: an element fails only where it exceeds atol={report['tolerance']['atol']:g} and rtol={report['tolerance']['rtol']:g}",
-        f"  {'output':<11} {'elements':>9} {'max abs':>10} {'max rel':>10} {'needs atol':>11} {'or rtol':>10}  verdict",
+        f"  {'output':<{width}} {'elements':>9} {'max abs':>10} {'max rel':>10} {'needs atol':>11} {'or rtol':>10}  verdict",
     ]
     for verdict in report["outputs"]:
         numbers = [_number(verdict[key]) for key in ("max_abs_error", "max_rel_error", "required_atol", "required_rtol")]
         status = "PASS" if verdict["passed"] else f"FAIL ({verdict['failures']} elements)"
-        lines.append(f"  {verdict['output']:<11} {verdict['elements']:>9} {numbers[0]:>10} {numbers[1]:>10} {numbers[2]:>11} {numbers[3]:>10}  {status}")
+        lines.append(f"  {verdict['output']:<{width}} {verdict['elements']:>9} {numbers[0]:>10} {numbers[1]:>10} {numbers[2]:>11} {numbers[3]:>10}  {status}")
         if not verdict["passed"] and verdict["worst"]:
             worst = verdict["worst"]
             lines.append(f"    worst: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['actual']!r}")

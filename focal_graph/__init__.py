@@ -20,6 +20,7 @@ _EXPORTS = {
     "sparse_softmax_focal_loss": "focal_graph.focal",
     "softmax_focal_loss": "focal_graph.focal",
     "sigmoid_focal_loss": "focal_graph.focal",
+    "positive_targets": "focal_graph.focal",
     "reduce_loss": "focal_graph.reduction",
     "class_weights": "focal_graph.weights",
     "FocalSpec": "focal_graph.spec",

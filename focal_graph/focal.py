@@ -139,6 +139,7 @@ def sigmoid_focal_loss(
     class_weight=None,
     from_logits: bool = True,
     label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
     epsilon: float = params.KERAS_EPSILON,
 ) -> tf.Tensor:
     """Sigmoid (multi-label) focal loss: every class an independent binary problem.
@@ -160,13 +161,17 @@ def sigmoid_focal_loss(
         class_weight: per-class multipliers; None means 1.
         from_logits: whether ``y_pred`` are logits (default) or probabilities.
         label_smoothing: ls in [0, 1].
+        ignore_index: target value (an integer outside [0, 1], e.g. RetinaNet's -1 for anchors
+            between the IoU thresholds) whose elements get loss exactly 0, whatever the
+            prediction there (NaN and inf included); reductions leave them out (`positive_targets`,
+            `focal_graph.reduction.reductions`).
         epsilon: probability clip, used only when ``from_logits=False``.
 
     Returns:
         Loss of shape (..., C), one value per class (Keras's BinaryFocalCrossentropy is its mean
-        over the last axis), the dtype of ``y_pred``. A target outside [0, 1] or NaN gives NaN at
-        its position inside graphs; called eagerly, it raises ValueError naming the value. Targets
-        and predictions of different runtime shapes give NaN.
+        over the last axis), the dtype of ``y_pred``. A target outside [0, 1] or NaN that is not
+        ``ignore_index`` gives NaN at its position inside graphs; called eagerly, it raises
+        ValueError naming the value. Targets and predictions of different runtime shapes give NaN.
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
     targets = _targets(targets, y_pred)
@@ -179,6 +184,13 @@ def sigmoid_focal_loss(
     label_smoothing = params.label_smoothing(label_smoothing)
     epsilon = params.epsilon(epsilon)
 
+    ignored = None
+    if ignore_index is not None:
+        ignored = ignored_targets(targets, ignore_index)  # checks ignore_index
+        # An ignored element computes as a negative (target 0), so it neither trips the target
+        # check nor feeds a -1 into the formula (whose gradient would then be that of a wrong
+        # number); its loss is replaced by 0 below.
+        targets = tf.where(ignored, tf.zeros_like(targets), targets)
     valid = _valid_targets(targets, y_pred)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
@@ -192,7 +204,30 @@ def sigmoid_focal_loss(
     floor = bool(np.min(gamma_values) < 1.0)
     loss = _focal_term(terms.cross_entropy, terms.one_minus_p_t, gamma, weight, floor=floor)
     loss = tf.where(valid, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
+    if ignored is not None:
+        loss = _where_exact(ignored, tf.zeros_like(loss), loss)  # 0 even where the logits are not finite
     return tf.cast(loss, out_dtype)
+
+
+def ignored_targets(targets, ignore_index) -> tf.Tensor:
+    """Where ``targets`` (..., C) equal the sigmoid ``ignore_index`` (see `focal_graph.params.sigmoid_ignore_index`):
+    a boolean tensor of the targets' shape."""
+    targets = tf.convert_to_tensor(targets)
+    value = params.sigmoid_ignore_index(ignore_index)
+    compute = targets.dtype if targets.dtype.is_floating else tf.float64
+    return tf.equal(tf.cast(targets, compute), tf.cast(value, compute))
+
+
+def positive_targets(targets, ignore_index=None) -> tf.Tensor:
+    """The positives RetinaNet normalises by: targets > 0.5 at counted (not ``ignore_index``)
+    elements, a boolean tensor of the targets' shape (..., C)."""
+    targets = tf.convert_to_tensor(targets)
+    if not targets.dtype.is_floating:
+        targets = tf.cast(targets, tf.float32)
+    positive = tf.greater(targets, 0.5)
+    if ignore_index is None:
+        return positive
+    return tf.logical_and(positive, tf.logical_not(ignored_targets(targets, ignore_index)))
 
 
 def _focal_term(cross_entropy, one_minus_p, gamma, weight, *, floor: bool = True):

@@ -2,8 +2,9 @@
 
 All are registered (package ``focal_graph``), so a model compiled with one saves to ``.keras``
 and loads back once this module is imported. Keras reduces the per-position output (by default
-the mean over the batch, honouring ``sample_weight``); ``SparseSoftmaxFocalLoss`` marks
-``ignore_index`` positions with a Keras mask, so they leave the mean's denominator.
+the mean over the batch, honouring ``sample_weight``); ``SparseSoftmaxFocalLoss``, ``SigmoidFocalLoss`` and
+``FocalSpecLoss`` mark ``ignore_index`` positions with a Keras mask, so they leave the mean's
+denominator. ``SigmoidFocalLoss(normalization=...)`` gives RetinaNet's normalisation by positives.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ except ModuleNotFoundError as error:  # the base install has no TensorFlow: say 
 from keras.src.backend import set_keras_mask
 
 from focal_graph import presets
-from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
+from focal_graph.focal import ignored_targets, positive_targets, sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
 from focal_graph.graph import SpecLoss
 from focal_graph.keras_specs import keras_dtype_field, spec_reduction
-from focal_graph.params import KERAS_EPSILON
+from focal_graph.params import KERAS_EPSILON, sigmoid_ignore_index
+from focal_graph.reduction import NORMALIZED_REDUCTIONS, normalized_sample_terms
 from focal_graph.spec import FocalSpec
 
 _PACKAGE = "focal_graph"
@@ -139,19 +141,62 @@ class SoftmaxFocalLoss(_FocalLoss):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SigmoidFocalLoss(_FocalLoss):
-    """`focal_graph.sigmoid_focal_loss` as a Keras loss; per-class output (Keras means it)."""
+    """`focal_graph.sigmoid_focal_loss` as a Keras loss.
+
+    Without ``normalization`` the output is per class (..., C) and Keras reduces it (by default
+    its mean), ``ignore_index`` elements masked out of the mean's denominator as
+    `SparseSoftmaxFocalLoss` does.
+
+    ``normalization="normalized"`` (RetinaNet: the batch's summed loss over ``max(1, P)``, P the
+    positive targets (> 0.5) that are not ``ignore_index``) or ``"per_sample_normalized"``
+    (torchvision: the mean over samples of each sample's sum over ``max(1, P_n)``): the loss
+    returns one term per sample (`focal_graph.reduction.normalized_sample_terms`) whose Keras
+    mean (``reduction="sum_over_batch_size"``, the default) is that figure, the artifact's
+    output of the same name; a ``sample_weight`` weighs each sample's term. Any other Keras
+    reduction would report a multiple of it, so it is refused, except ``None``/``"none"`` with
+    ``per_sample_normalized`` (the per-sample values themselves).
+    """
 
     variant = "sigmoid"
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
+                 ignore_index=None, normalization=None, epsilon=KERAS_EPSILON, reduction="sum_over_batch_size",
+                 name="sigmoid_focal_loss", dtype=None):
+        sigmoid_ignore_index(ignore_index)
+        if normalization is not None:
+            if normalization not in NORMALIZED_REDUCTIONS:
+                raise ValueError(f"normalization: expected None or one of {', '.join(NORMALIZED_REDUCTIONS)}, "
+                                 f"got {normalization!r}")
+            allowed = ("sum_over_batch_size",) + ((None, "none") if normalization == "per_sample_normalized" else ())
+            if reduction not in allowed:
+                raise ValueError(f"reduction: normalization={normalization!r} is Keras's mean of per-sample terms; "
+                                 f"expected reduction {' or '.join(map(repr, allowed))}, got {reduction!r}")
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         label_smoothing=label_smoothing, epsilon=epsilon)
+                         label_smoothing=label_smoothing, ignore_index=ignore_index, epsilon=epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
+        self.normalization = normalization
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Sigmoid", self.name)
-        return sigmoid_focal_loss(y_true, y_pred, **self.arguments)
+        loss = sigmoid_focal_loss(y_true, y_pred, **self.arguments)
+        ignore_index = self.arguments["ignore_index"]
+        if self.normalization is not None:
+            return normalized_sample_terms(loss, positive_targets(y_true, ignore_index), self.normalization)
+        if ignore_index is not None:
+            set_keras_mask(loss, tf.logical_not(ignored_targets(y_true, ignore_index)))
+        return loss
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "normalization": self.normalization}
+
+    def keras_spec_fields(self) -> dict:
+        """With ``normalization``, the spec's reduction is that form: Keras's mean of the
+        per-sample terms is the artifact's ``normalized``, and the mean of its
+        ``per_sample_normalized`` vector (the vector itself with ``reduction=None``)."""
+        fields = super().keras_spec_fields()
+        if self.normalization is not None:
+            fields["reduction"] = self.normalization
+        return fields
 
 
 class _PresetLoss(_FocalLoss):
@@ -169,7 +214,11 @@ class _PresetLoss(_FocalLoss):
     def call(self, y_true, y_pred):
         spec = self._preset.spec
         warn_if_activated(y_pred, spec.from_logits, "Sigmoid" if spec.multi_label else "Softmax", self.name)
-        return self._preset.unreduced(y_true, y_pred)
+        loss = self._preset.unreduced(y_true, y_pred)
+        mask = self._preset.mask(y_true)  # ignore_index positions leave Keras's mean
+        if mask is not None:
+            set_keras_mask(loss, mask)
+        return loss
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -16,6 +16,8 @@ import numpy as np
 PerClass = Union[float, tuple[float, ...]]
 
 REDUCTIONS = ("none", "sum", "mean")
+# RetinaNet's normalisation by positive targets: the sigmoid variant's reductions besides REDUCTIONS
+NORMALIZED_REDUCTIONS = ("normalized", "per_sample_normalized")
 KERAS_EPSILON = 1e-7  # Keras's backend epsilon: the default probability clip, the seeds' too
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Per-class values become constants of the loss's compute type, float32 for float16, bfloat16 and
@@ -120,9 +122,11 @@ def label_smoothing(value) -> float:
     return unit_float("label_smoothing", value)
 
 
-def reduction(value) -> str:
-    if not isinstance(value, str) or value not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {shown(value)}")
+def reduction(value, *, normalized: bool = False) -> str:
+    """One of `REDUCTIONS`, or of `NORMALIZED_REDUCTIONS` too where ``normalized`` (sigmoid)."""
+    allowed = REDUCTIONS + (NORMALIZED_REDUCTIONS if normalized else ())
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"reduction: expected one of {', '.join(allowed)}, got {shown(value)}")
     return value
 
 
@@ -136,6 +140,23 @@ def integer(name: str, value, *, minimum: int | None = None, maximum: int | None
     if not -(2**63) <= value < 2**63:  # every integer ends up in an int64 tensor
         raise ValueError(f"{name}: expected a 64-bit integer, got {shown(value)}")
     return int(value)
+
+
+def sigmoid_ignore_index(value) -> int | None:
+    """A sigmoid loss's ``ignore_index``: an integer that is not a valid target (0 or 1), or None.
+    Ignoring every target 0 would silently drop every negative, so 0 and 1 are refused."""
+    if value is None:
+        return None
+    value = integer("ignore_index", value)
+    if value in (0, 1):
+        raise ValueError(
+            f"ignore_index: {value} is a valid sigmoid target (targets are in [0, 1]); "
+            "expected an integer outside [0, 1], such as -1"
+        )
+    if abs(value) > 2**24:  # targets are floats: beyond 2**24, 2**24 + 1 would equal 2**24
+        raise ValueError(f"ignore_index: expected an integer within +-2**24 for a sigmoid loss "
+                         f"(targets are floats), got {value}")
+    return value
 
 
 def vector_length(value: PerClass | Sequence[float] | None) -> int | None:

@@ -67,7 +67,7 @@ def _per_sample_wide(loss: tf.Tensor) -> tf.Tensor:
     return values
 
 
-def reductions(loss, mask=None) -> dict[str, tf.Tensor]:
+def reductions(loss, mask=None, positives=None) -> dict[str, tf.Tensor]:
     """``per_sample`` (N,), ``sum`` and ``mean`` (scalars) of an unreduced loss (N, ...), from one
     staged pass (see `_per_sample_wide`), each of `reduced_dtype` (float32 for 16-bit losses).
 
@@ -75,6 +75,16 @@ def reductions(loss, mask=None) -> dict[str, tf.Tensor]:
     add nothing, and the mean divides by the number of counted positions. The sum or mean over
     zero positions (an empty batch, or every position masked) is 0, as Keras's reductions give.
     Within 1e-6 of float64 at 65536 x 1000 in TensorFlow and ONNX Runtime (tests/test_reductions.py).
+
+    ``positives``: optional boolean tensor of the loss's shape, the positive elements (for a
+    sigmoid loss `focal_graph.focal.positive_targets`: targets > 0.5 at counted positions). With
+    it, RetinaNet's normalisations are added, from the same float64 stages:
+
+    - ``normalized``: ``sum / max(1, number of positives in the batch)`` (scalar);
+    - ``per_sample_normalized``: ``per_sample_n / max(1, positives of sample n)`` (N,), the
+      per-image form torchvision's detection losses average.
+
+    Positives are counted exactly (float32 per row below 2**24 classes, float64 after).
     """
     loss = tf.convert_to_tensor(loss)
     out_dtype = reduced_dtype(loss.dtype)
@@ -86,39 +96,86 @@ def reductions(loss, mask=None) -> dict[str, tf.Tensor]:
         # (focal_graph's own losses are 0 at ignored positions).
         loss = tf.where(mask, loss, tf.zeros_like(loss))
         count = tf.reshape(_repaired_sum(tf.cast(mask, tf.int64), None, 1), [])
-    if loss.shape.rank == 0:
-        per_sample = tf.cast(tf.reshape(loss, [1]), tf.float64)
-    elif loss.shape.rank == 1:
-        per_sample = tf.cast(loss, tf.float64)
-    else:
-        per_sample = _per_sample_wide(loss)
+    per_sample = _per_sample(loss)
     total = tf.reshape(_repaired_sum(per_sample, None, 1), [])
     mean = total / tf.cast(tf.maximum(count, 1), tf.float64)
-    return {
+    forms = {
         "per_sample": tf.cast(per_sample, out_dtype),
         "sum": tf.cast(total, out_dtype),
         "mean": tf.cast(mean, out_dtype),
     }
+    if positives is not None:
+        # counts of 0/1 values: exact in float32 within a row, in float64 across rows
+        positives_per_sample = _per_sample(tf.cast(positives, tf.float32))
+        positives_total = tf.reshape(_repaired_sum(positives_per_sample, None, 1), [])
+        forms["normalized"] = tf.cast(total / tf.maximum(positives_total, 1.0), out_dtype)
+        forms["per_sample_normalized"] = tf.cast(per_sample / tf.maximum(positives_per_sample, 1.0), out_dtype)
+    return forms
 
 
-def reduce_loss(loss, reduction: str = "mean", mask=None) -> tf.Tensor:
-    """Reduce an unreduced loss to ``none`` (unchanged), ``sum`` or ``mean`` (see `reductions`).
+def _per_sample(loss: tf.Tensor) -> tf.Tensor:
+    """Each sample's sum, float64 (N,); a scalar loss is one sample."""
+    if loss.shape.rank == 0:
+        return tf.cast(tf.reshape(loss, [1]), tf.float64)
+    if loss.shape.rank == 1:
+        return tf.cast(loss, tf.float64)
+    return _per_sample_wide(loss)
+
+
+NORMALIZED_REDUCTIONS = params.NORMALIZED_REDUCTIONS
+
+
+def reduce_loss(loss, reduction: str = "mean", mask=None, positives=None) -> tf.Tensor:
+    """Reduce an unreduced loss to ``none`` (unchanged), ``sum`` or ``mean`` (see `reductions`),
+    or, given ``positives``, to RetinaNet's ``normalized`` or ``per_sample_normalized``.
 
     Args:
         loss: any shape.
-        reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+        reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"normalized"`` (``sum / max(1, P)``, P
+            the number of positives) or ``"per_sample_normalized"`` ((N,): each sample's sum
+            over its own ``max(1, P_n)``).
         mask: optional boolean tensor of the loss's shape: the positions that count. The mean
             divides by their number (ignored positions are not in the denominator); the sum
             leaves masked-out positions out.
+        positives: boolean tensor of the loss's shape, required by the normalized reductions
+            (`focal_graph.focal.positive_targets`).
 
     Returns:
-        ``loss`` for ``none``; a scalar of `reduced_dtype` otherwise (float32 for 16-bit losses).
+        ``loss`` for ``none``; a scalar ((N,) for ``per_sample_normalized``) of `reduced_dtype`
+        otherwise (float32 for 16-bit losses).
     """
+    if reduction in NORMALIZED_REDUCTIONS:
+        if positives is None:
+            raise ValueError(f"positives: reduction {reduction!r} divides by the positives; pass "
+                             "positives=focal_graph.positive_targets(targets, ignore_index)")
+        return reductions(loss, mask, positives)[reduction]
     reduction = params.reduction(reduction)
     loss = tf.convert_to_tensor(loss)
     if reduction == "none":
         return loss
     return reductions(loss, mask)[reduction]
+
+
+def normalized_sample_terms(loss, positives, normalization: str) -> tf.Tensor:
+    """(N,) per-sample terms whose mean over the batch is the ``normalization`` form of
+    `reductions` (``"normalized"`` or ``"per_sample_normalized"``): what a Keras loss returns so
+    that Keras's own mean over the batch (``sum_over_batch_size``) reports RetinaNet's figure.
+
+    - ``per_sample_normalized``: ``per_sample_n / max(1, P_n)`` (their mean is torchvision's);
+    - ``normalized``: ``per_sample_n * N / max(1, P)``, so that ``mean_n = sum / max(1, P)``.
+
+    ``loss`` (N, ...) and ``positives`` (its shape, boolean) as `reductions` takes them; float32
+    for 16-bit losses.
+    """
+    if normalization not in NORMALIZED_REDUCTIONS:
+        raise ValueError(f"normalization: expected one of {', '.join(NORMALIZED_REDUCTIONS)}, got {params.shown(normalization)}")
+    forms = reductions(loss, None, positives)
+    if normalization == "per_sample_normalized":
+        return forms["per_sample_normalized"]
+    per_sample = tf.cast(forms["per_sample"], tf.float64)
+    samples = tf.cast(tf.shape(per_sample)[0], tf.float64)
+    positives_total = tf.reduce_sum(tf.cast(positives, tf.float64))  # 0/1 values: exact in float64
+    return tf.cast(per_sample * (samples / tf.maximum(positives_total, 1.0)), forms["per_sample"].dtype)
 
 
 def per_sample_loss(loss) -> tf.Tensor:

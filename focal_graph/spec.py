@@ -21,6 +21,11 @@ VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
 PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
 # Losses whose predictions are per-class independent probabilities (sigmoid), not one softmax.
 MULTI_LABEL = {("variant", "sigmoid"), ("preset", "multilabel_lsr"), ("preset", "multi_category")}
+# Losses whose artifacts also carry RetinaNet's normalisation by positives (``normalized``,
+# ``per_sample_normalized``): the element-wise sigmoid loss, one loss per anchor and class. The
+# multi-label presets return one loss per sample (the seeds' own reductions inside), where a
+# count of positive anchors has nothing to divide; softmax losses have no positive targets.
+NORMALIZED_BY_POSITIVES = {("variant", "sigmoid")}
 SPEC_VERSION = 1
 MAX_RANK = 8  # TensorFlow's broadcasting kernels (SelectV2, ...) stop at rank 8
 
@@ -31,7 +36,7 @@ _WEIGHTED = ("alpha", "class_weight", "class_counts", "weighting", "beta")
 _FIELDS = {
     ("variant", "sparse_softmax"): _WEIGHTED + ("from_logits", "ignore_index", "epsilon"),
     ("variant", "softmax"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
-    ("variant", "sigmoid"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
+    ("variant", "sigmoid"): _WEIGHTED + ("from_logits", "label_smoothing", "ignore_index", "epsilon"),
     ("preset", "multilabel_lsr"): ("class_counts", "from_logits", "label_smoothing", "epsilon"),
     ("preset", "multi_category"): ("class_counts", "from_logits", "epsilon"),
     ("preset", "sparse_softmax"): ("alpha", "from_logits"),
@@ -67,8 +72,10 @@ class FocalSpec:
     - ``num_classes``: C; fixed in the graph's signature when set. Inferred from per-class values.
     - ``gamma``, ``alpha``, ``class_weight``: scalars or one value per class (``class_weight`` is
       per class only). ``class_counts`` (with ``weighting`` and ``beta``) derives ``class_weight``.
-    - ``from_logits``, ``label_smoothing``, ``ignore_index``, ``epsilon`` (probability clip),
-      ``reduction`` (``none`` | ``sum`` | ``mean``).
+    - ``from_logits``, ``label_smoothing``, ``ignore_index`` (a label for sparse_softmax, a target
+      value outside [0, 1] for sigmoid), ``epsilon`` (probability clip),
+      ``reduction`` (``none`` | ``sum`` | ``mean``; sigmoid also ``normalized`` |
+      ``per_sample_normalized``).
     - ``rank``: rank of the predictions, class axis included (2 to 8); ``dtype`` of the predictions.
 
     Invalid values raise a ValueError naming the field.
@@ -113,6 +120,12 @@ class FocalSpec:
     def multi_label(self) -> bool:
         """Per-class sigmoid probabilities rather than one softmax over the classes."""
         return self.kind in MULTI_LABEL
+
+    @property
+    def normalized_by_positives(self) -> bool:
+        """Whether the loss also has RetinaNet's ``normalized`` and ``per_sample_normalized``
+        forms (sum over max(1, positive targets)): the sigmoid variant."""
+        return self.kind in NORMALIZED_BY_POSITIVES
 
     @property
     def input_names(self) -> tuple[str, str]:
@@ -202,7 +215,7 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
     out["rank"] = params.integer("rank", out["rank"], minimum=2, maximum=MAX_RANK)
     if not isinstance(out["dtype"], str) or out["dtype"] not in params.DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {params.shown(out['dtype'])}")
-    out["reduction"] = params.reduction(out["reduction"])
+    out["reduction"] = params.reduction(out["reduction"], normalized=kind in NORMALIZED_BY_POSITIVES)
     if not isinstance(out["from_logits"], bool):
         raise ValueError(f"from_logits: expected true or false, got {params.shown(out['from_logits'])}")
 
@@ -249,7 +262,10 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
     if out["label_smoothing"] is not None:
         out["label_smoothing"] = params.label_smoothing(out["label_smoothing"])
     if out["ignore_index"] is not None:
-        out["ignore_index"] = params.integer("ignore_index", out["ignore_index"])
+        if is_sigmoid:  # a target value: 0 and 1 are targets, not markers
+            out["ignore_index"] = params.sigmoid_ignore_index(out["ignore_index"])
+        else:
+            out["ignore_index"] = params.integer("ignore_index", out["ignore_index"])
     if "epsilon" in fields:
         if out["from_logits"]:
             if out["epsilon"] is not None:

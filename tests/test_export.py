@@ -70,7 +70,7 @@ def test_variant_matrix_onnx_matches_tensorflow_and_the_formula(tmp_path, spec):
     cases, tensorflow = read_reference(out)
     shapes = [case.shape for case in cases]
     assert any(0 in shape[:-1] for shape in shapes) and any(1 in shape[:-1] for shape in shapes)
-    realistic = [case for case in cases if case.forms != FORMS]
+    realistic = [case for case in cases if "loss" not in case.forms]
     assert [case.name.split()[0] for case in realistic] == ["realistic"]  # validated at export, reductions only
     for case in cases:
         if case in realistic:
