@@ -159,7 +159,7 @@ class LossSummary:
     - sparse: mean over the positions labelled c, ``sum(loss[label == c]) / #(label == c)``
       (ignored positions are in no class);
     - sigmoid (the loss has a class axis): each class's own loss ``loss[..., c]``, over every
-      position, and split into positives (``target[..., c] >= 0.5``) and negatives
+      position, and split into positives (``target[..., c] > 0.5``, as `normalized` counts them) and negatives
       (``ignore_index`` elements are in neither);
     - soft or one-hot targets: by the position's largest target (all-zero targets: no class);
     - the multi-label presets (their loss sums the classes): the position's loss over the
@@ -224,7 +224,7 @@ class LossSummary:
             counted = ~ignored if ignored is not None else np.ones(labels.shape, bool)
             keys, values = labels[counted], elements[counted]
         elif self.own_class_loss:  # every class's own loss; negatives are counted apart, ignored in neither
-            negative = labels < 0.5
+            negative = labels <= 0.5
             keys = np.broadcast_to(np.arange(self.classes), labels.shape) + self.classes * negative
             values = elements
             if ignored is not None:
@@ -348,7 +348,7 @@ class LossSummary:
 
 _PER_CLASS_BY = {
     "label": "label",
-    "own": "each class's own loss; positives are target >= 0.5",
+    "own": "each class's own loss; positives are target > 0.5",
     "positive": "positive targets (the position's loss over all classes)",
     "argmax": "argmax of the targets",
 }

@@ -142,6 +142,7 @@ def test_ignored_elements_have_zero_gradient_and_the_rest_that_of_the_loss(rng):
 
 @pytest.mark.parametrize("normalization", ["normalized", "per_sample_normalized"])
 def test_keras_normalization_is_the_artifacts_figure_under_keras_default_reduction(normalization, rng):
+    from focal_graph.graph import SpecLoss
     from focal_graph.keras import SigmoidFocalLoss
 
     targets, logits = dense_inputs(rng, 3)
@@ -152,6 +153,11 @@ def test_keras_normalization_is_the_artifacts_figure_under_keras_default_reducti
     assert float(loss(targets, logits)) == pytest.approx(expected, rel=2e-6)
     restored = SigmoidFocalLoss.from_config(loss.get_config())
     assert float(restored(targets, logits)) == pytest.approx(expected, rel=2e-6)
+    # the round trip to a spec: the artifact's output of that name, ignore_index included
+    spec = loss.spec
+    assert (spec.reduction, spec.ignore_index) == (normalization, IGNORE)
+    forms = SpecLoss(spec).forms(targets, logits)
+    np.testing.assert_allclose(forms[normalization], want[normalization], rtol=2e-6)
 
 
 def test_keras_ignore_index_leaves_ignored_elements_out_of_kerass_mean(rng):
@@ -199,14 +205,16 @@ def test_eval_summary_normalizations_match_float64_and_merge_exactly(rng):
     spec = FocalSpec(variant="sigmoid", alpha=ALPHA, ignore_index=IGNORE, rank=3)
     targets, logits = dense_inputs(rng, 3)
     targets = np.concatenate([targets] * 4)
-    losses = np.concatenate([expected_forms(targets[:5], logits)["per_sample"]] * 4)  # any per-sample losses
+    forms = expected_forms(targets[:5], logits)
+    losses = np.concatenate([forms["per_sample"]] * 4)  # any per-sample losses
+    elements = np.concatenate([forms["loss"]] * 4)
     whole = LossSummary(spec, targets.shape[1:], top_k=3)
-    whole.add(losses, targets)
+    whole.add(losses, targets, elements=elements)
     parts = []
     for start in (0, 3, 11, 12):  # uneven batches, merged in another order
         stop = {0: 3, 3: 11, 11: 12, 12: 20}[start]
         part = LossSummary(spec, targets.shape[1:], top_k=3)
-        part.add(losses[start:stop], targets[start:stop], first_row=start)
+        part.add(losses[start:stop], targets[start:stop], elements=elements[start:stop], first_row=start)
         parts.append(LossSummary.from_bytes(part.to_bytes()))
     merged = parts[3].merge(parts[1]).merge(parts[0].merge(parts[2]))
     assert merged.as_dict() == whole.as_dict()
@@ -219,6 +227,13 @@ def test_eval_summary_normalizations_match_float64_and_merge_exactly(rng):
     assert summary["normalized"] == pytest.approx(losses.sum() / positives.sum(), rel=1e-15)
     assert summary["mean_per_sample_normalized"] == pytest.approx((losses / np.maximum(positives, 1)).mean(), rel=1e-15)
     assert summary["mean_per_position"] == pytest.approx(losses.sum() / (~ignored).sum(), rel=1e-15)
+    # each class's own loss, ignored elements in neither its positives nor its negatives
+    for c, entry in enumerate(summary["per_class"]):
+        kept = ~ignored[..., c]
+        assert entry["positives"]["count"] == ((targets[..., c] > 0.5) & kept).sum()
+        assert entry["negatives"]["count"] == ((targets[..., c] <= 0.5) & kept).sum()
+        assert entry["count"] == kept.sum()
+        assert entry["sum"] == pytest.approx(elements[..., c][kept].sum(), rel=1e-12)
 
 
 def test_eval_refuses_a_sigmoid_target_outside_0_1_that_is_not_ignore_index():

@@ -101,7 +101,7 @@ def test_multi_label_per_class_is_each_classs_own_loss_split_into_positives_and_
     log_p_t = np.where(targets == 1, -np.logaddexp(0, -z), -np.logaddexp(0, z))
     alpha_t = np.where(targets == 1, 0.25, 0.75)
     own = -alpha_t * (-np.expm1(log_p_t)) ** 2 * log_p_t  # (300, 4): each class's own loss
-    assert summary["per_class_by"] == "each class's own loss; positives are target >= 0.5"
+    assert summary["per_class_by"] == "each class's own loss; positives are target > 0.5"
     for entry in summary["per_class"]:
         c = entry["class"]
         positive = targets[:, c] == 1
