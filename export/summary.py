@@ -140,8 +140,8 @@ class LossSummary:
         self.spec, self.row_shape, self.top_k = spec, tuple(row_shape), top_k
         self.classes = self.row_shape[-1]
         self.per_class = len(self.row_shape) == 1  # (N, C): one class (or class set) per sample
-        # positions of the unreduced loss per sample: (..., C) for sigmoid, (...) for the others
-        loss_shape = self.row_shape if spec.kind == ("variant", "sigmoid") else self.row_shape[:-1]
+        # positions of the unreduced loss per sample: (..., C) for per-class losses, (...) for the others
+        loss_shape = self.row_shape if spec.loss_shape == "classes" else self.row_shape[:-1]
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
         self.count, self.ignored = 0, 0
         self.total = ExactSums(1)

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from typing import Callable
 
 import tensorflow as tf
 
-from focal_graph import presets
-from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
+from focal_graph import catalogue
 from focal_graph.reduction import reduce_loss, reductions
 from focal_graph.spec import FocalSpec
 from focal_graph.weights import class_weights
 
 
-@dataclass(frozen=True)
-class _Loss:
-    function: Callable
-    arguments: tuple[str, ...]  # FocalSpec fields passed through by name
-    sparse: bool  # integer labels (..., ) rather than targets (..., C)
-
-
-_COMMON = ("gamma", "alpha", "class_weight", "from_logits", "epsilon")
-LOSSES = {
-    ("variant", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, _COMMON + ("ignore_index",), sparse=True),
-    ("variant", "softmax"): _Loss(softmax_focal_loss, _COMMON + ("label_smoothing",), sparse=False),
-    ("variant", "sigmoid"): _Loss(sigmoid_focal_loss, _COMMON + ("label_smoothing",), sparse=False),
-    ("preset", "multilabel_lsr"): _Loss(
-        presets.multilabel_lsr_loss, ("gamma", "class_weight", "label_smoothing", "epsilon"), sparse=False
-    ),
-    ("preset", "multi_category"): _Loss(presets.multi_category_loss, ("gamma", "class_weight", "epsilon"), sparse=False),
-    ("preset", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, ("gamma", "alpha"), sparse=True),
-}
+def loss_function(kind: tuple[str, str]) -> Callable:
+    """The TensorFlow function the catalogue names for ``kind`` (`focal_graph.catalogue`)."""
+    module, name = catalogue.KINDS[kind].function.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class SpecLoss:
@@ -43,9 +28,9 @@ class SpecLoss:
 
     def __init__(self, spec: FocalSpec):
         self.spec = spec
-        self._loss = LOSSES[spec.kind]
+        self._function = loss_function(spec.kind)
         # Fields that do not apply stay None in the spec; the function's own default then holds.
-        arguments = {name: getattr(spec, name) for name in self._loss.arguments if getattr(spec, name) is not None}
+        arguments = {name: getattr(spec, name) for name in spec.record.arguments if getattr(spec, name) is not None}
         if spec.class_counts is not None:
             # presets leave weighting unset: the seeds' inverse frequency; beta is set only (and
             # always) with effective_number
@@ -56,10 +41,10 @@ class SpecLoss:
 
     @property
     def sparse(self) -> bool:
-        return self._loss.sparse
+        return self.spec.sparse
 
     def unreduced(self, y_true, y_pred) -> tf.Tensor:
-        return self._loss.function(y_true, y_pred, **self.arguments)
+        return self._function(y_true, y_pred, **self.arguments)
 
     def mask(self, y_true):
         """The positions that count (None: all of them): labels other than ``ignore_index``."""

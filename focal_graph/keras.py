@@ -143,9 +143,10 @@ class _PresetLoss(_FocalLoss):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultilabelLSRFocalLoss(_PresetLoss):
-    """Seed 000 (`focal_graph.presets.multilabel_lsr`): per-sample loss, shape (N,)."""
+    """Seed 000 (`focal_graph.presets.multilabel_lsr`): per-sample loss, shape (N,). ``epsilon``
+    None is the seed's own LSR weight (`focal_graph.catalogue.SEED_000_LSR_WEIGHT`)."""
 
-    def __init__(self, class_counts, gamma=2.0, epsilon=0.1, reduction="sum_over_batch_size",
+    def __init__(self, class_counts, gamma=2.0, epsilon=None, reduction="sum_over_batch_size",
                  name="multilabel_lsr_focal_loss", dtype=None):
         preset = presets.multilabel_lsr(class_counts, gamma=gamma, epsilon=epsilon)
         arguments = dict(class_counts=class_counts, gamma=gamma, epsilon=epsilon)

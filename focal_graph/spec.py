@@ -14,44 +14,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from focal_graph import params
+from focal_graph import catalogue, params
 from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts, class_weights
 
-VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
-PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
-# Losses whose predictions are per-class independent probabilities (sigmoid), not one softmax.
-MULTI_LABEL = {("variant", "sigmoid"), ("preset", "multilabel_lsr"), ("preset", "multi_category")}
+VARIANTS = catalogue.names("variant")
+PRESETS = catalogue.names("preset")
 SPEC_VERSION = 1
 MAX_RANK = 8  # TensorFlow's broadcasting kernels (SelectV2, ...) stop at rank 8
-
-# Which optional fields each loss takes, and their defaults. Fields not listed for a loss must be
-# left unset: a parameter that would be silently ignored is a configuration error.
-_ALWAYS = ("num_classes", "gamma", "reduction", "rank", "dtype")
-_WEIGHTED = ("alpha", "class_weight", "class_counts", "weighting", "beta")
-_FIELDS = {
-    ("variant", "sparse_softmax"): _WEIGHTED + ("from_logits", "ignore_index", "epsilon"),
-    ("variant", "softmax"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
-    ("variant", "sigmoid"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
-    ("preset", "multilabel_lsr"): ("class_counts", "from_logits", "label_smoothing", "epsilon"),
-    ("preset", "multi_category"): ("class_counts", "from_logits", "epsilon"),
-    ("preset", "sparse_softmax"): ("alpha", "from_logits"),
-}
-_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("variant", "sparse_softmax"): {"from_logits": True, "reduction": "none"},
-    ("variant", "softmax"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
-    ("variant", "sigmoid"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
-    # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by e = 0.1; 001 clips at
-    # 1e-7 (Keras's epsilon); 002 takes logits and returns the mean.
-    ("preset", "multilabel_lsr"): {"from_logits": False, "label_smoothing": 0.1, "epsilon": 1e-8, "reduction": "none"},
-    ("preset", "multi_category"): {"from_logits": False, "epsilon": params.KERAS_EPSILON, "reduction": "none"},
-    ("preset", "sparse_softmax"): {"from_logits": True, "reduction": "mean"},
-}
-_REQUIRED = {
-    ("preset", "multilabel_lsr"): ("class_counts",),
-    ("preset", "multi_category"): ("class_counts",),
-    ("preset", "sparse_softmax"): ("alpha",),
-}
-_FIXED = {("preset", name): {"from_logits": _DEFAULTS[("preset", name)]["from_logits"]} for name in PRESETS}
 
 
 @dataclass(frozen=True)
@@ -101,23 +70,33 @@ class FocalSpec:
         return ("variant", self.variant) if self.variant is not None else ("preset", self.preset)
 
     @property
+    def record(self) -> catalogue.LossKind:
+        """The kind's `focal_graph.catalogue.LossKind`."""
+        return catalogue.KINDS[self.kind]
+
+    @property
     def name(self) -> str:
         return f"{self.kind[0]}:{self.kind[1]}"
 
     @property
     def sparse(self) -> bool:
         """Integer class labels (...) rather than targets (..., C)."""
-        return self.kind[1] == "sparse_softmax"
+        return self.record.sparse
 
     @property
     def multi_label(self) -> bool:
         """Per-class sigmoid probabilities rather than one softmax over the classes."""
-        return self.kind in MULTI_LABEL
+        return self.record.multi_label
 
     @property
     def input_names(self) -> tuple[str, str]:
         """The graph's input names: ``labels`` | ``targets``, then ``logits`` | ``probabilities``."""
-        return ("labels" if self.sparse else "targets", "logits" if self.from_logits else "probabilities")
+        return self.record.input_names(self.from_logits)
+
+    @property
+    def loss_shape(self) -> str:
+        """The unreduced loss's shape: ``positions`` (...), ``classes`` (..., C) or ``one`` (..., 1)."""
+        return self.record.loss_shape
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -162,12 +141,11 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         raise ValueError(
             f"variant/preset: give exactly one (variant: {', '.join(VARIANTS)}; preset: {', '.join(PRESETS)})"
         )
-    kind = ("variant", spec.variant) if spec.variant is not None else ("preset", spec.preset)
-    allowed = VARIANTS if kind[0] == "variant" else PRESETS
-    if kind[1] not in allowed:
-        raise ValueError(f"{kind[0]}: expected one of {', '.join(allowed)}, got {kind[1]!r}")
+    family = "variant" if spec.variant is not None else "preset"
+    record = catalogue.record(family, getattr(spec, family))
+    kind = record.key
 
-    fields = set(_FIELDS[kind]) | set(_ALWAYS)
+    fields = set(record.fields) | set(catalogue.ALWAYS)
     values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     for name, value in values.items():
         if name in ("variant", "preset", "rank", "dtype") or value is None:
@@ -175,19 +153,18 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         if name not in fields:
             takes = ", ".join(sorted(fields))
             raise ValueError(f"{name}: does not apply to {kind[0]} {kind[1]!r} (it takes: {takes})")
-    for name in _REQUIRED.get(kind, ()):
+    for name in record.required:
         if values[name] is None:
             raise ValueError(f"{name}: required by {kind[0]} {kind[1]!r}")
-    for name, fixed in _FIXED.get(kind, {}).items():
+    for name in record.fixed:
+        fixed = record.defaults[name]
         if values[name] is not None and values[name] is not fixed:
             raise ValueError(f"{name}: {kind[0]} {kind[1]!r} is defined with {name}={fixed}, got {params.shown(values[name])}")
 
     out = dict(values)
-    for name, default in _DEFAULTS[kind].items():
+    for name, default in record.defaults.items():
         if out[name] is None:
             out[name] = default
-    if out["gamma"] is None:
-        out["gamma"] = 2.0
 
     out["rank"] = params.integer("rank", out["rank"], minimum=2, maximum=MAX_RANK)
     if not isinstance(out["dtype"], str) or out["dtype"] not in params.DTYPES:
@@ -200,6 +177,7 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         out["num_classes"] = params.integer("num_classes", out["num_classes"], minimum=1)
     # Per-class values fix C; they must agree with each other and with num_classes.
     num_classes = out["num_classes"]
+    # RetinaNet's alpha balances positives against negatives: a weight in [0, 1]
     is_sigmoid = kind == ("variant", "sigmoid")
     checks = {
         "gamma": dict(low=0.0),
