@@ -23,6 +23,7 @@ FAMILIES = ("variant", "preset")
 ALWAYS = ("num_classes", "gamma", "reduction", "rank", "dtype")
 # Unreduced loss shapes: (...) one value per position; (..., C) one per class; (..., 1).
 LOSS_SHAPES = ("positions", "classes", "one")
+WEIGHTS = "weights"  # the third input of a weighted loss's graph: the unreduced loss's shape
 
 
 @dataclass(frozen=True)
@@ -62,36 +63,43 @@ class LossKind:
         return (self.family, self.name)
 
     def input_names(self, from_logits: bool) -> tuple[str, str]:
-        """``labels`` | ``targets``, then ``logits`` | ``probabilities``."""
+        """``labels`` | ``targets``, then ``logits`` | ``probabilities`` (a weighted loss's graph
+        takes ``weights`` third, `WEIGHTS`)."""
         return ("labels" if self.sparse else "targets", "logits" if from_logits else "probabilities")
 
 
 _CLASS_WEIGHTING = ("alpha", "class_weight", "class_counts", "weighting", "beta")
-_VARIANT_ARGUMENTS = ("gamma", "alpha", "class_weight", "from_logits", "epsilon")
-_VARIANT_DEFAULTS = {"gamma": 2.0, "from_logits": True, "reduction": "none"}
+# Options every variant takes (issue 11): the class axis, Poly-1's epsilon, a weights input.
+_VARIANT_OPTIONS = ("axis", "poly_epsilon", "weighted")
+_VARIANT_ARGUMENTS = ("gamma", "alpha", "class_weight", "from_logits", "epsilon", "axis", "poly_epsilon")
+_VARIANT_DEFAULTS = {"gamma": 2.0, "from_logits": True, "reduction": "none", "axis": -1, "poly_epsilon": 0.0,
+                     "weighted": False}
+# The sigmoid variant's asymmetric focusing (Ridnik et al., ICCV 2021); gamma_negative's default is
+# the spec's gamma (`focal_graph.spec`), which gives the symmetric loss.
+_ASYMMETRIC = ("gamma_negative", "probability_margin")
 # Seed 000's weight of its label-smoothing-regularisation term (its ``e``).
 SEED_000_LSR_WEIGHT = 0.1
 
 KINDS: Mapping[tuple[str, str], LossKind] = MappingProxyType({kind.key: kind for kind in (
     LossKind(
         "variant", "sparse_softmax", "focal_graph.focal:sparse_softmax_focal_loss",
-        fields=_CLASS_WEIGHTING + ("from_logits", "ignore_index", "epsilon"),
+        fields=_CLASS_WEIGHTING + ("from_logits", "ignore_index", "epsilon") + _VARIANT_OPTIONS,
         arguments=_VARIANT_ARGUMENTS + ("ignore_index",),
         defaults=_VARIANT_DEFAULTS, sparse=True, multi_label=False, loss_shape="positions",
         description="softmax focal loss, integer labels",
     ),
     LossKind(
         "variant", "softmax", "focal_graph.focal:softmax_focal_loss",
-        fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon"),
+        fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon") + _VARIANT_OPTIONS,
         arguments=_VARIANT_ARGUMENTS + ("label_smoothing",),
         defaults={**_VARIANT_DEFAULTS, "label_smoothing": 0.0}, sparse=False, multi_label=False,
         loss_shape="positions", description="softmax focal loss, one-hot or soft targets",
     ),
     LossKind(
         "variant", "sigmoid", "focal_graph.focal:sigmoid_focal_loss",
-        fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon"),
-        arguments=_VARIANT_ARGUMENTS + ("label_smoothing",),
-        defaults={**_VARIANT_DEFAULTS, "label_smoothing": 0.0}, sparse=False, multi_label=True,
+        fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon") + _VARIANT_OPTIONS + _ASYMMETRIC,
+        arguments=_VARIANT_ARGUMENTS + ("label_smoothing",) + _ASYMMETRIC,
+        defaults={**_VARIANT_DEFAULTS, "label_smoothing": 0.0, "probability_margin": 0.0}, sparse=False, multi_label=True,
         loss_shape="classes", description="sigmoid (multi-label) focal loss",
     ),
     # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by 0.1; 001 clips at

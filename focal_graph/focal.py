@@ -33,6 +33,9 @@ def sparse_softmax_focal_loss(
     from_logits: bool = True,
     ignore_index: int | None = None,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Softmax focal loss with integer labels; generalises seed 002 to any rank.
 
@@ -56,7 +59,11 @@ def sparse_softmax_focal_loss(
         export, NaN does); called eagerly, it raises ValueError naming the value.
     """
     logits, out_dtype = predictions_in_compute_dtype("logits", logits)
+    axis = params.class_axis(axis, logits.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    logits = classes_last(logits, axis)
     labels = _labels(labels, logits)
+    weights = _weights(weights, logits.shape[:-1], logits.dtype)
     num_classes = logits.shape[-1]
     gamma = _per_class_value("gamma", gamma, num_classes, logits.dtype)
     weight = _class_weight(alpha, class_weight, num_classes, logits.dtype)
@@ -74,7 +81,10 @@ def sparse_softmax_focal_loss(
     class_index = tf.cast(tf.where(in_range, labels, tf.zeros_like(labels)), tf.int64)
 
     log_p_t = softmax_log_prob_at(logits, class_index, from_logits=from_logits, epsilon=epsilon)
-    loss = _focal_term(-log_p_t, 1.0 - tf.exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
+    one_minus_p_t = 1.0 - tf.exp(log_p_t)
+    loss = _focal_term(-log_p_t, one_minus_p_t, _at(gamma, class_index), _at(weight, class_index))
+    if poly_epsilon:
+        loss = loss + _poly_term(one_minus_p_t, _at(gamma, class_index), poly_epsilon)
 
     counted = in_range
     if ignored is not None:
@@ -82,6 +92,8 @@ def sparse_softmax_focal_loss(
         counted = tf.logical_or(in_range, ignored)
     loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
     loss = loss * _same_shape_guard(labels, logits, drop_classes=True)
+    if weights is not None:
+        loss = _weighted(loss, weights)
     return tf.cast(loss, out_dtype)
 
 
@@ -95,6 +107,9 @@ def softmax_focal_loss(
     from_logits: bool = True,
     label_smoothing: float = 0.0,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Softmax focal loss with one-hot or soft targets.
 
@@ -114,6 +129,10 @@ def softmax_focal_loss(
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
     targets = _targets(targets, y_pred)
+    axis = params.class_axis(axis, y_pred.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    weights = _weights(weights, _without(y_pred.shape, axis), y_pred.dtype)
+    y_pred, targets = classes_last(y_pred, axis), classes_last(targets, axis)
     num_classes = y_pred.shape[-1]
     gamma = _per_class_value("gamma", gamma, num_classes, y_pred.dtype)
     weight = _class_weight(alpha, class_weight, num_classes, y_pred.dtype)
@@ -127,7 +146,16 @@ def softmax_focal_loss(
     log_p = softmax_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
     per_class = _focal_term(-log_p * targets, 1.0 - tf.exp(log_p), gamma, weight)
     per_class = tf.where(valid, per_class, tf.constant(np.nan, per_class.dtype))  # a NaN branch: a real Where in ONNX
-    return tf.cast(reduce_classes(tf.reduce_sum, per_class), out_dtype)
+    loss = reduce_classes(tf.reduce_sum, per_class)
+    if poly_epsilon:
+        # p_t = sum_c y_c p_c, and the focusing exponent the targets' mix of the classes' gammas
+        # (the label's gamma for one-hot targets, as in the sparse variant)
+        one_minus_p_t = 1.0 - reduce_classes(tf.reduce_sum, targets * tf.exp(log_p))
+        gamma_t = gamma if isinstance(gamma, float) else reduce_classes(tf.reduce_sum, targets * gamma)
+        loss = loss + _poly_term(one_minus_p_t, gamma_t, poly_epsilon)
+    if weights is not None:
+        loss = _weighted(loss, weights)
+    return tf.cast(loss, out_dtype)
 
 
 def sigmoid_focal_loss(
@@ -140,6 +168,11 @@ def sigmoid_focal_loss(
     from_logits: bool = True,
     label_smoothing: float = 0.0,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    gamma_negative=None,
+    probability_margin: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Sigmoid (multi-label) focal loss: every class an independent binary problem.
 
@@ -170,8 +203,16 @@ def sigmoid_focal_loss(
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
     targets = _targets(targets, y_pred)
+    axis = params.class_axis(axis, y_pred.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    weights = _weights(weights, y_pred.shape, y_pred.dtype)
+    y_pred, targets = classes_last(y_pred, axis), classes_last(targets, axis)
+    weights = None if weights is None else classes_last(weights, axis)
     num_classes = y_pred.shape[-1]
     gamma_values = params.per_class("gamma", gamma, num_classes=num_classes)
+    gamma_negative_values = gamma_values if gamma_negative is None else params.per_class(
+        "gamma_negative", gamma_negative, num_classes=num_classes)
+    probability_margin = params.probability_margin(probability_margin)
     gamma = _per_class_value("gamma", gamma_values, num_classes, y_pred.dtype)
     if alpha is not None:
         alpha = np.asarray(params.per_class("alpha", alpha, num_classes=num_classes, high=1.0))
@@ -182,6 +223,14 @@ def sigmoid_focal_loss(
     valid = _valid_targets(targets, y_pred)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if gamma_negative_values != gamma_values or probability_margin:
+        loss, one_minus_p_t = _asymmetric_sigmoid(
+            targets, y_pred, gamma_values, gamma_negative_values, probability_margin, alpha, class_weight,
+            from_logits=from_logits, epsilon=epsilon)
+        if poly_epsilon:
+            loss = loss + _poly_term(one_minus_p_t, gamma, poly_epsilon)
+        loss = tf.where(valid, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
+        return _sigmoid_output(loss, weights, axis, out_dtype)
     terms = sigmoid_focal_terms(targets, y_pred, from_logits=from_logits, epsilon=epsilon)
     weight = class_weight
     if alpha is not None:
@@ -191,8 +240,123 @@ def sigmoid_focal_loss(
     # gamma >= 1 the floor in _focal_term has nothing to guard, and the graph is one pass shorter.
     floor = bool(np.min(gamma_values) < 1.0)
     loss = _focal_term(terms.cross_entropy, terms.one_minus_p_t, gamma, weight, floor=floor)
+    if poly_epsilon:
+        loss = loss + _poly_term(terms.one_minus_p_t, gamma, poly_epsilon)
     loss = tf.where(valid, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
-    return tf.cast(loss, out_dtype)
+    return _sigmoid_output(loss, weights, axis, out_dtype)
+
+
+def _sigmoid_output(loss, weights, axis: int, out_dtype):
+    """The per-class loss (..., C) weighted, in the caller's layout and dtype."""
+    if weights is not None:
+        loss = _weighted(loss, weights)
+    return tf.cast(classes_back(loss, axis), out_dtype)
+
+
+def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, alpha, class_weight, *,
+                        from_logits: bool, epsilon: float):
+    """The asymmetric loss (Ridnik et al., "Asymmetric Loss for Multi-Label Classification", ICCV
+    2021) and ``1 - p_t``, both (..., C), for ``gamma``, ``gamma_negative`` canonical per-class values::
+
+        loss = y a_+ w (1 - p)**gamma (-log p) + (1 - y) a_- w p_m**gamma_negative (-log(1 - p_m))
+
+    with ``p_m = max(p - margin, 0)``, ``a_+ = alpha``, ``a_- = 1 - alpha`` (1 and 1 without
+    alpha) and ``w`` the class weight. For binary targets it is the paper's L+ and L-.
+
+    Numerics: ``-log p``, ``1 - p``, ``-log(1 - p)`` and ``p`` are `sigmoid_focal_terms` at targets
+    1 and 0, exact from logits; without a margin nothing else is computed. ``p - margin`` is
+    exact where p is close to the margin (Sterbenz), so ``p_m`` carries only p's own rounding,
+    amplified by ``p / p_m`` just above the margin (the problem's own condition). ``-log(1 - p_m)``
+    is ``((v - 1) + p_m) - log(v)`` with ``v = 1 - p_m`` rounded: the first term is that
+    rounding's error (``v - 1`` is exact for v in [1/2, 1]), which ``-log(v)`` alone would lose
+    (it is 0 for p_m below 6e-8; there is no Log1p in ONNX). Against float64 over logits -80..80,
+    the relative error is within 8e-7 without a margin and within that condition's bound with
+    one (tests/test_options.py).
+    """
+    positive = sigmoid_focal_terms(tf.ones_like(targets), y_pred, from_logits=from_logits, epsilon=epsilon)
+    negative = sigmoid_focal_terms(tf.zeros_like(targets), y_pred, from_logits=from_logits, epsilon=epsilon)
+    probability = negative.one_minus_p_t
+    if margin:
+        shifted = tf.maximum(probability - margin, 0.0)
+        kept = 1.0 - shifted
+        negative_cross_entropy = ((kept - 1.0) + shifted) - tf.math.log(kept)
+    else:
+        shifted, negative_cross_entropy = probability, negative.cross_entropy
+    dtype = y_pred.dtype
+    num_classes = y_pred.shape[-1]
+    floor = bool(np.min(gamma) < 1.0)
+    positive_loss = _focal_term(positive.cross_entropy, positive.one_minus_p_t,
+                                _per_class_value("gamma", gamma, num_classes, dtype), None, floor=floor)
+    # p_m is 0 below the margin: the floor keeps p_m**gamma_negative's derivative finite there
+    negative_loss = _focal_term(negative_cross_entropy, shifted,
+                                _per_class_value("gamma_negative", gamma_negative, num_classes, dtype), None)
+    if alpha is not None:
+        alpha = np.asarray(params.per_class("alpha", alpha, num_classes=num_classes, high=1.0))
+        positive_loss = positive_loss * (float(alpha) if alpha.ndim == 0 else tf.constant(alpha, dtype))
+        negative_loss = negative_loss * (float(1.0 - alpha) if alpha.ndim == 0 else tf.constant(1.0 - alpha, dtype))
+    loss = targets * positive_loss + (1.0 - targets) * negative_loss
+    class_weight = _class_weight(None, class_weight, num_classes, dtype)
+    if class_weight is not None:
+        loss = loss * class_weight
+    one_minus_p_t = targets * positive.one_minus_p_t + (1.0 - targets) * probability
+    return loss, one_minus_p_t
+
+
+def _poly_term(one_minus_p_t, gamma, poly_epsilon: float):
+    """Poly-1's added term ``epsilon * (1 - p_t)**(gamma + 1)`` (Leng et al., "PolyLoss", ICLR 2022),
+    not multiplied by alpha or the class weights, as in the paper's own code. ``1 - p_t`` is
+    floored at 0: a rounded ``1 - exp(log p_t)`` can be -6e-8, and the exponent is >= 1, so the
+    floor keeps the value and the gradient finite."""
+    return poly_epsilon * tf.pow(tf.maximum(one_minus_p_t, 0.0), gamma + 1.0)
+
+
+def classes_last(tensor: tf.Tensor, axis: int) -> tf.Tensor:
+    """``tensor`` with its (non-negative) axis ``axis`` moved to the end; unchanged when it is there."""
+    rank = tensor.shape.rank
+    if axis == rank - 1:
+        return tensor
+    return tf.transpose(tensor, [i for i in range(rank) if i != axis] + [axis])
+
+
+def classes_back(tensor: tf.Tensor, axis: int) -> tf.Tensor:
+    """The inverse of `classes_last`: the last axis moved back to ``axis``."""
+    rank = tensor.shape.rank
+    if axis == rank - 1:
+        return tensor
+    return tf.transpose(tensor, list(range(axis)) + [rank - 1] + list(range(axis, rank - 1)))
+
+
+def _without(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
+    return tf.TensorShape(shape[:axis]).concatenate(shape[axis + 1:])
+
+
+def _weights(weights, expected: tf.TensorShape, dtype):
+    """``weights`` as a float tensor of the unreduced loss's shape ``expected`` (the caller's
+    layout), or None. Called eagerly, a negative or NaN weight raises a ValueError naming it
+    (inside graphs it gives NaN there, see `_weighted`)."""
+    if weights is None:
+        return None
+    weights = tf.convert_to_tensor(weights)
+    if not (weights.dtype.is_floating or weights.dtype.is_integer):
+        raise ValueError(f"weights: expected numbers, got dtype {weights.dtype.name}")
+    if weights.shape.rank != expected.rank or not weights.shape.is_compatible_with(expected):
+        raise ValueError(f"weights: expected the unreduced loss's shape {expected}, got {weights.shape}")
+    weights = tf.cast(weights, dtype)
+    if tf.executing_eagerly():
+        values = weights.numpy()
+        bad = np.argwhere(~(values >= 0))
+        if bad.size:
+            first = tuple(int(i) for i in bad[0])
+            raise ValueError(f"weights: {float(values[first])!r} at index {first} is not a weight >= 0")
+    return weights
+
+
+def _weighted(loss, weights):
+    """``weights * loss``: NaN where a weight is negative or NaN, and everywhere when the runtime
+    shapes differ (they would otherwise broadcast). A weight of 0 gives 0 where the loss is finite;
+    a NaN loss (an invalid label) stays NaN."""
+    loss = loss * weights * _same_shape_guard(weights, loss)
+    return tf.where(weights >= 0.0, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
 
 
 def _focal_term(cross_entropy, one_minus_p, gamma, weight, *, floor: bool = True):

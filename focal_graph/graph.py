@@ -22,8 +22,10 @@ def loss_function(kind: tuple[str, str]) -> Callable:
 class SpecLoss:
     """``loss(y_true, y_pred)`` for a spec: its loss function, then its reduction.
 
-    ``y_true`` is integer labels (...) for sparse losses, targets (..., C) otherwise. A mean
-    leaves ``ignore_index`` positions out of its denominator.
+    ``y_true`` is integer labels (...) for sparse losses, targets (..., C) otherwise (the class
+    axis where the spec's ``axis`` puts it). A mean leaves ``ignore_index`` positions out of its
+    denominator. A weighted spec's loss takes ``weights`` (the unreduced loss's shape) too, and its
+    mean is ``sum(w loss) / sum(w)``.
     """
 
     def __init__(self, spec: FocalSpec):
@@ -43,7 +45,9 @@ class SpecLoss:
     def sparse(self) -> bool:
         return self.spec.sparse
 
-    def unreduced(self, y_true, y_pred) -> tf.Tensor:
+    def unreduced(self, y_true, y_pred, weights=None) -> tf.Tensor:
+        if weights is not None:
+            return self._function(y_true, y_pred, weights=weights, **self.arguments)
         return self._function(y_true, y_pred, **self.arguments)
 
     def mask(self, y_true):
@@ -52,10 +56,11 @@ class SpecLoss:
             return tf.not_equal(tf.cast(y_true, tf.int64), self.spec.ignore_index)
         return None
 
-    def __call__(self, y_true, y_pred) -> tf.Tensor:
-        return reduce_loss(self.unreduced(y_true, y_pred), self.spec.reduction, self.mask(y_true))
+    def __call__(self, y_true, y_pred, weights=None) -> tf.Tensor:
+        loss = self.unreduced(y_true, y_pred, weights)
+        return reduce_loss(loss, self.spec.reduction, self.mask(y_true), weights=weights)
 
-    def forms(self, y_true, y_pred) -> dict[str, tf.Tensor]:
+    def forms(self, y_true, y_pred, weights=None) -> dict[str, tf.Tensor]:
         """Every form of the loss from one evaluation, whatever the spec's own ``reduction``:
 
         - ``loss``: unreduced, the shape the loss function returns;
@@ -68,24 +73,33 @@ class SpecLoss:
         if y_pred.dtype in (tf.float16, tf.bfloat16):
             # Reduce the float32 loss the functions compute anyway, before its cast back to 16
             # bits: a float16 loss below 6e-8 is 0, and its sum over 40000 x 100 overflows.
-            loss = self.unreduced(y_true, tf.cast(y_pred, tf.float32))
-            return {"loss": tf.cast(loss, y_pred.dtype), **reductions(loss, self.mask(y_true))}
-        loss = self.unreduced(y_true, y_pred)
-        return {"loss": loss, **reductions(loss, self.mask(y_true))}
+            loss = self.unreduced(y_true, tf.cast(y_pred, tf.float32), weights)
+            reduced = reductions(loss, self.mask(y_true), weights=weights)
+            return {"loss": tf.cast(loss, y_pred.dtype), **reduced}
+        loss = self.unreduced(y_true, y_pred, weights)
+        return {"loss": loss, **reductions(loss, self.mask(y_true), weights=weights)}
 
     def __repr__(self) -> str:
         return f"SpecLoss({self.spec!r})"
 
 
-def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-    """``(labels | targets, logits | probabilities)``: every dimension None but a fixed C."""
-    batch = [None] * (spec.rank - 1)
+def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, ...]:
+    """``(labels | targets, logits | probabilities[, weights])``: every dimension None but a fixed
+    C, which sits at the spec's class axis. ``weights`` has the unreduced loss's shape."""
+    shape = [None] * spec.rank
+    shape[spec.class_axis] = spec.num_classes
+    without_classes = shape[:spec.class_axis] + shape[spec.class_axis + 1:]
     dtype = tf.as_dtype(spec.dtype)
     true_name, prediction_name = spec.input_names
-    predictions = tf.TensorSpec(batch + [spec.num_classes], dtype, name=prediction_name)
+    predictions = tf.TensorSpec(shape, dtype, name=prediction_name)
     if spec.sparse:
-        return tf.TensorSpec(batch, tf.int64, name=true_name), predictions
-    return tf.TensorSpec(batch + [spec.num_classes], dtype, name=true_name), predictions
+        signature = (tf.TensorSpec(without_classes, tf.int64, name=true_name), predictions)
+    else:
+        signature = (tf.TensorSpec(shape, dtype, name=true_name), predictions)
+    if spec.weighted:
+        loss_shape = shape if spec.loss_shape == "classes" else without_classes
+        signature += (tf.TensorSpec(loss_shape, dtype, name=catalogue.WEIGHTS),)
+    return signature
 
 
 def build_graph(spec: FocalSpec) -> tf.types.experimental.PolymorphicFunction:

@@ -38,6 +38,17 @@ class FocalSpec:
       per class only). ``class_counts`` (with ``weighting`` and ``beta``) derives ``class_weight``.
     - ``from_logits``, ``label_smoothing``, ``ignore_index``, ``epsilon`` (probability clip),
       ``reduction`` (``none`` | ``sum`` | ``mean``).
+    - ``axis`` (variants): the class axis of the predictions, -1 (classes last) by default; 1 for
+      channels-first (N, C, H, W). Any axis but the first (the batch).
+    - ``poly_epsilon`` (variants): Poly-1's epsilon (Leng et al., ICLR 2022), >= -1; 0 by default.
+      The loss is ``FL + epsilon * (1 - p_t)**(gamma + 1)``, which is >= 0 for every p_t when
+      epsilon >= -1 and the class weight is 1, since ``FL >= (1 - p_t)**(gamma + 1)`` then; with
+      FL scaled by a weight ``w`` (alpha, class weights) it is >= 0 when ``epsilon >= -w``.
+    - ``gamma_negative``, ``probability_margin`` (sigmoid): the asymmetric loss's focusing of
+      negatives (>= 0; gamma by default) and its probability margin in [0, 1) (0 by default)
+      (Ridnik et al., ICCV 2021). The defaults give the symmetric focal loss exactly.
+    - ``weighted`` (variants): the graph takes a third input, ``weights``, of the unreduced
+      loss's shape, multiplied into the loss; ``mean`` is then ``sum(w loss) / sum(w)``.
     - ``rank``: rank of the predictions, class axis included (2 to 8); ``dtype`` of the predictions.
 
     Invalid values raise a ValueError naming the field.
@@ -56,6 +67,11 @@ class FocalSpec:
     label_smoothing: Optional[float] = None
     ignore_index: Optional[int] = None
     epsilon: Optional[float] = None
+    axis: Optional[int] = None
+    poly_epsilon: Optional[float] = None
+    gamma_negative: Optional[params.PerClass] = None
+    probability_margin: Optional[float] = None
+    weighted: Optional[bool] = None
     reduction: Optional[str] = None
     rank: int = 2
     dtype: str = "float32"
@@ -92,6 +108,16 @@ class FocalSpec:
     def input_names(self) -> tuple[str, str]:
         """The graph's input names: ``labels`` | ``targets``, then ``logits`` | ``probabilities``."""
         return self.record.input_names(self.from_logits)
+
+    @property
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The graph's inputs: `input_names`, then ``weights`` for a weighted loss."""
+        return self.input_names + ((catalogue.WEIGHTS,) if self.weighted else ())
+
+    @property
+    def class_axis(self) -> int:
+        """The class axis of the predictions as a non-negative index (rank - 1 for presets)."""
+        return self.rank - 1 if self.axis is None else self.axis % self.rank
 
     @property
     def loss_shape(self) -> str:
@@ -214,6 +240,20 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         raise ValueError(f"{name}: applies only with class_counts")
     out["num_classes"] = num_classes
 
+    if out["axis"] is not None:
+        params.class_axis(out["axis"], out["rank"])
+        out["axis"] = int(out["axis"])
+    if out["poly_epsilon"] is not None:
+        out["poly_epsilon"] = params.poly_epsilon(out["poly_epsilon"])
+    if out["weighted"] is not None and not isinstance(out["weighted"], bool):
+        raise ValueError(f"weighted: expected true or false, got {params.shown(out['weighted'])}")
+    if "gamma_negative" in fields:
+        gamma_negative = out["gamma"] if out["gamma_negative"] is None else out["gamma_negative"]
+        out["gamma_negative"] = params.per_class("gamma_negative", gamma_negative, num_classes=num_classes)
+        num_classes = num_classes or params.vector_length(out["gamma_negative"])
+        out["num_classes"] = num_classes
+    if out["probability_margin"] is not None:
+        out["probability_margin"] = params.probability_margin(out["probability_margin"])
     if out["label_smoothing"] is not None:
         out["label_smoothing"] = params.label_smoothing(out["label_smoothing"])
     if out["ignore_index"] is not None:

@@ -1,0 +1,293 @@
+"""Issue 11's options against float64 numpy transcriptions of their papers' formulas, written here:
+
+- ``poly_epsilon``: Poly-1 focal loss, Leng et al., "PolyLoss", ICLR 2022:
+  ``FL + epsilon * (1 - p_t)**(gamma + 1)``, the added term not weighted by alpha (the paper's code);
+- ``gamma_negative``, ``probability_margin``: the asymmetric loss, Ridnik et al., ICCV 2021:
+  ``L+ = (1 - p)**gamma_+ (-log p)``, ``L- = p_m**gamma_- (-log(1 - p_m))``, ``p_m = max(p - m, 0)``;
+- ``weights``: ``w * loss``, and the mean ``sum(w loss) / sum(w)``;
+- ``axis``: the class axis anywhere but the batch's: the same values as a transpose to classes-last.
+
+The focal losses (FL) themselves are `reference`'s float64 transcriptions.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import focal_graph as fg
+import reference
+from focal_graph.graph import SpecLoss
+from focal_graph.spec import FocalSpec
+
+RTOL = 1e-5
+
+
+def log_sigmoid(x):
+    return -np.logaddexp(0.0, -np.asarray(x, np.float64))
+
+
+def poly_term(one_minus_p_t, gamma, epsilon):
+    return epsilon * one_minus_p_t ** (np.asarray(gamma, np.float64) + 1.0)
+
+
+def asymmetric(targets, logits, gamma, gamma_negative, margin, alpha=None):
+    """Ridnik et al.'s L+ and L-, weighted by the targets (and alpha's balance), float64."""
+    y, x = np.asarray(targets, np.float64), np.asarray(logits, np.float64)
+    log_p, log_q = log_sigmoid(x), log_sigmoid(-x)
+    p, q = np.exp(log_p), np.exp(log_q)
+    positive = q ** gamma * -log_p
+    p_m = np.maximum(p - margin, 0.0)
+    # 1 - p_m = q + m above the margin: log1p(-p_m) for small p_m, log(q + m) where p is near 1
+    # (1 - p rounds to 0 in float64 from x = 37 on)
+    with np.errstate(divide="ignore"):
+        log_one_minus_p_m = np.where(p_m < 0.5, np.log1p(-np.minimum(p_m, 0.5)), np.log(np.minimum(q + margin, 1.0)))
+    negative = p_m ** gamma_negative * -log_one_minus_p_m
+    a_positive, a_negative = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
+    return y * a_positive * positive + (1 - y) * a_negative * negative
+
+
+# --- Poly-1 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epsilon", [1.0, -1.0, 2.5])
+def test_poly1_sparse_softmax_adds_epsilon_times_one_minus_p_t_to_the_gamma_plus_one(rng, epsilon):
+    logits = (rng.normal(size=(7, 5)) * 3).astype(np.float32)
+    labels = rng.integers(0, 5, size=7)
+    alpha = [0.25, 1.0, 0.5, 2.0, 1.0]
+    got = fg.sparse_softmax_focal_loss(labels, logits, gamma=2.0, alpha=alpha, poly_epsilon=epsilon).numpy()
+    log_p_t = np.take_along_axis(reference.log_softmax(logits.astype(np.float64)), labels[:, None], -1)[:, 0]
+    want = reference.sparse_softmax_focal(labels, logits, gamma=2.0, alpha=alpha) + poly_term(-np.expm1(log_p_t), 2.0, epsilon)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-6)
+
+
+def test_poly1_softmax_with_soft_targets_takes_p_t_as_the_targets_mix(rng):
+    logits = (rng.normal(size=(6, 4)) * 2).astype(np.float32)
+    targets = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    got = fg.softmax_focal_loss(targets, logits, gamma=1.5, alpha=0.25, poly_epsilon=1.0).numpy()
+    p = np.exp(reference.log_softmax(logits.astype(np.float64)))
+    p_t = (targets.astype(np.float64) * p).sum(-1)
+    want = reference.softmax_focal(targets, logits, gamma=1.5, alpha=0.25) + poly_term(1.0 - p_t, 1.5, 1.0)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-6)
+
+
+def test_poly1_sigmoid_adds_its_term_unbalanced_by_alpha(rng):
+    logits = (rng.normal(size=(6, 4)) * 4).astype(np.float32)
+    targets = rng.uniform(size=(6, 4)).astype(np.float32)
+    got = fg.sigmoid_focal_loss(targets, logits, gamma=2.0, alpha=0.25, poly_epsilon=-0.5).numpy()
+    y, x = targets.astype(np.float64), logits.astype(np.float64)
+    one_minus_p_t = y * np.exp(log_sigmoid(-x)) + (1 - y) * np.exp(log_sigmoid(x))
+    want = reference.sigmoid_focal(targets, logits, gamma=2.0, alpha=0.25) + poly_term(one_minus_p_t, 2.0, -0.5)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
+
+
+def test_poly1_at_epsilon_minus_one_stays_non_negative(rng):
+    """FL >= (1 - p_t)**(gamma + 1), so FL - (1 - p_t)**(gamma + 1) >= 0 (the docstring's bound)."""
+    logits = (rng.normal(size=(200, 6)) * 5).astype(np.float32)
+    labels = rng.integers(0, 6, size=200)
+    got = fg.sparse_softmax_focal_loss(labels, logits, poly_epsilon=-1.0).numpy()
+    assert (got >= 0).all()
+
+
+# --- asymmetric loss --------------------------------------------------------------------------
+
+
+LOGITS = np.concatenate([np.arange(-8000, 8001) / 100.0, [5.128, 12.0, 16.0, 17.0, 30.0, -17.0, -30.0]]).astype(np.float32)
+
+
+def extreme_grid():
+    logits = np.repeat(LOGITS[:, None], 3, axis=1)
+    targets = np.broadcast_to(np.array([0.0, 1.0, 0.3], np.float32), logits.shape).copy()
+    return targets, logits
+
+
+def assert_asymmetric_exact(got, targets, logits, gamma, gamma_negative, margin, alpha=None, what=""):
+    """Relative error within RTOL where the loss is above 1e-30; below a margin's edge, p_m = p - m
+    inherits p's float32 rounding amplified by p / p_m (the problem's own condition), so the
+    bound there grows by (gamma_negative + 1) * 16 float32 epsilons * p / p_m."""
+    margin32 = float(np.float32(margin))  # the graph's constant
+    want = asymmetric(targets, logits, gamma, gamma_negative, margin32, alpha)
+    got = np.asarray(got, np.float64)
+    assert np.isfinite(got).all(), what
+    p = np.exp(log_sigmoid(logits))
+    p_m = np.maximum(p - margin32, 0.0)
+    condition = np.where(p_m > 0, p / np.where(p_m > 0, p_m, 1.0), 1.0)
+    bound = RTOL + (gamma_negative + 1) * 16 * 2.0**-24 * condition * (np.asarray(targets) < 1)
+    counted = want > 1e-30
+    relative = np.abs(got - want)[counted] / want[counted]
+    worst = int(np.argmax(relative / bound[counted]))
+    assert relative[worst] <= bound[counted][worst], (
+        f"{what}: relative error {relative[worst]:.2e} at logit {np.broadcast_to(logits, want.shape)[counted][worst]}")
+    assert (got[~counted] <= 1e-29).all(), what
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.05])
+@pytest.mark.parametrize("gamma_negative", [4.0, 0.5])
+def test_asymmetric_loss_matches_float64_for_every_logit(margin, gamma_negative):
+    targets, logits = extreme_grid()
+    got = fg.sigmoid_focal_loss(targets, logits, gamma=1.0, gamma_negative=gamma_negative,
+                                probability_margin=margin).numpy()
+    assert_asymmetric_exact(got, targets, logits, 1.0, gamma_negative, margin, what=f"margin {margin}")
+
+
+def test_asymmetric_loss_with_alpha_and_class_weight(rng):
+    logits = (rng.normal(size=(8, 3)) * 3).astype(np.float32)
+    targets = (rng.uniform(size=(8, 3)) < 0.4).astype(np.float32)
+    weight = [0.5, 1.0, 2.0]
+    got = fg.sigmoid_focal_loss(targets, logits, gamma=0.0, alpha=0.25, class_weight=weight, gamma_negative=4.0,
+                                probability_margin=0.05).numpy()
+    want = asymmetric(targets, logits, 0.0, 4.0, float(np.float32(0.05)), alpha=0.25) * np.array(weight)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
+
+
+def test_asymmetric_defaults_give_todays_loss_exactly(rng):
+    logits = (rng.normal(size=(8, 3)) * 3).astype(np.float32)
+    targets = rng.uniform(size=(8, 3)).astype(np.float32)
+    today = fg.sigmoid_focal_loss(targets, logits, gamma=2.0, alpha=0.25).numpy()
+    spelled_out = fg.sigmoid_focal_loss(targets, logits, gamma=2.0, alpha=0.25, gamma_negative=2.0,
+                                        probability_margin=0.0).numpy()
+    np.testing.assert_array_equal(spelled_out, today)
+
+
+def test_asymmetric_margin_gradient_is_finite_and_zero_below_the_margin():
+    logits = tf.Variable([[-10.0, -3.0, 0.0, 3.0]])
+    targets = tf.zeros_like(logits)
+    with tf.GradientTape() as tape:
+        loss = fg.sigmoid_focal_loss(targets, logits, gamma_negative=0.5, probability_margin=0.1)
+    gradient = tape.gradient(loss, logits).numpy()
+    assert np.isfinite(gradient).all()
+    assert gradient[0, 0] == 0.0 and gradient[0, 1] == 0.0  # p = 4.5e-5 and 0.047: below the margin
+    assert gradient[0, 3] > 0
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def test_weights_multiply_the_loss_and_the_mean_divides_by_their_sum(rng):
+    logits = (rng.normal(size=(5, 3, 4)) * 2).astype(np.float32)
+    labels = rng.integers(0, 4, size=(5, 3))
+    labels[0, 0] = -1
+    weights = rng.uniform(size=(5, 3)).astype(np.float32)
+    weights[1] = 0.0
+    spec = FocalSpec(variant="sparse_softmax", ignore_index=-1, weighted=True, rank=3)
+    forms = SpecLoss(spec).forms(tf.constant(labels), tf.constant(logits), tf.constant(weights))
+    loss = np.nan_to_num(reference.sparse_softmax_focal(labels, logits, ignore_index=-1)) * weights
+    counted = labels != -1
+    np.testing.assert_allclose(forms["loss"].numpy(), loss, rtol=RTOL, atol=1e-7)
+    np.testing.assert_allclose(forms["sum"].numpy(), loss.sum(), rtol=RTOL)
+    np.testing.assert_allclose(forms["mean"].numpy(), loss[counted].sum() / weights[counted].sum(), rtol=RTOL)
+
+
+def test_weighted_mean_of_all_zero_weights_is_zero(rng):
+    logits = rng.normal(size=(4, 3)).astype(np.float32)
+    targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    spec = FocalSpec(variant="softmax", weighted=True)
+    forms = SpecLoss(spec).forms(tf.constant(targets), tf.constant(logits), tf.zeros(4))
+    assert forms["mean"].numpy() == 0.0 and forms["sum"].numpy() == 0.0
+
+
+def test_negative_or_misshapen_weights_raise_eagerly_naming_weights():
+    logits = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weights: -1\.0 at index \(1,\)"):
+        fg.sparse_softmax_focal_loss([0, 1], logits, weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="weights: expected the unreduced loss's shape"):
+        fg.sigmoid_focal_loss(np.zeros((2, 3)), logits, weights=np.ones(2))
+
+
+def test_negative_weights_give_nan_inside_graphs():
+    spec = FocalSpec(variant="sigmoid", weighted=True)
+    graph = fg.build_graph(spec)
+    loss = graph(tf.zeros((2, 3)), tf.zeros((2, 3)), tf.constant([[1.0, -1.0, 0.0], [1.0, 1.0, np.nan]])).numpy()
+    assert np.isnan(loss[0, 1]) and np.isnan(loss[1, 2]) and loss[0, 2] == 0.0 and np.isfinite(loss[0, 0])
+
+
+# --- axis -------------------------------------------------------------------------------------
+
+AXIS_SPECS = {
+    "sparse_softmax": dict(variant="sparse_softmax", ignore_index=-1, poly_epsilon=0.5, weighted=True),
+    "softmax": dict(variant="softmax", label_smoothing=0.1, poly_epsilon=1.0, weighted=True),
+    "sigmoid": dict(variant="sigmoid", alpha=0.25, gamma_negative=3.0, probability_margin=0.05, weighted=True),
+}
+
+
+def channels_first_inputs(spec, rng, rank):
+    """Inputs in (N, C, ...) layout for ``spec`` (axis 1), and the same moved to classes-last."""
+    shape = (3, 4) + (2,) * (rank - 2)
+    logits = (rng.normal(size=shape) * 3).astype(np.float32)
+    without = shape[:1] + shape[2:]
+    if spec.sparse:
+        y_true = rng.integers(-1, 4, size=without)
+        y_last = y_true
+    else:
+        y_true = (rng.uniform(size=shape) < 0.4).astype(np.float32)
+        y_last = np.moveaxis(y_true, 1, -1)
+    loss_shape = shape if spec.loss_shape == "classes" else without
+    weights = rng.uniform(size=loss_shape).astype(np.float32)
+    w_last = np.moveaxis(weights, 1, -1) if spec.loss_shape == "classes" else weights
+    return (y_true, logits, weights), (y_last, np.moveaxis(logits, 1, -1), w_last)
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("variant", sorted(AXIS_SPECS))
+def test_axis_one_gives_the_values_of_a_transpose_to_classes_last(rng, variant, rank):
+    first = FocalSpec(**AXIS_SPECS[variant], axis=1, rank=rank)
+    last = FocalSpec(**AXIS_SPECS[variant], rank=rank)
+    channels_first, classes_last = channels_first_inputs(first, rng, rank)
+    got = fg.build_graph(first).python_function.forms(*map(tf.constant, channels_first))
+    want = SpecLoss(last).forms(*map(tf.constant, classes_last))
+    expected_loss = want["loss"].numpy()
+    if first.loss_shape == "classes":
+        expected_loss = np.moveaxis(expected_loss, -1, 1)
+    np.testing.assert_allclose(got["loss"].numpy(), expected_loss, rtol=1e-6, atol=1e-7)
+    for form in ("per_sample", "sum", "mean"):
+        np.testing.assert_allclose(got[form].numpy(), want[form].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_axis_fixes_the_class_dimension_of_the_signature_where_it_sits():
+    spec = FocalSpec(variant="sparse_softmax", axis=1, rank=4, num_classes=19)
+    labels, logits = fg.input_signature(spec)
+    assert logits.shape.as_list() == [None, 19, None, None] and labels.shape.as_list() == [None, None, None]
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(variant="softmax", axis=4, rank=4), "axis: expected the class axis of rank-4 predictions"),
+    (dict(variant="softmax", axis=0), "axis: expected the class axis"),
+    (dict(variant="softmax", axis=-3), "axis: expected the class axis"),
+    (dict(variant="softmax", axis=1.0), "axis: expected an integer"),
+    (dict(variant="softmax", poly_epsilon=-1.5), "poly_epsilon: expected a finite number >= -1"),
+    (dict(variant="softmax", poly_epsilon="1"), "poly_epsilon: expected a number"),
+    (dict(variant="sigmoid", probability_margin=1.0), r"probability_margin: expected a number in \[0, 1\)"),
+    (dict(variant="sigmoid", probability_margin=-0.1), "probability_margin"),
+    (dict(variant="sigmoid", gamma_negative=-1.0), r"gamma_negative: expected values in \[0, inf\)"),
+    (dict(variant="sigmoid", gamma=[1.0, 2.0], gamma_negative=[1.0, 2.0, 3.0]), "gamma_negative: expected 2 values"),
+    (dict(variant="sigmoid", weighted=1), "weighted: expected true or false"),
+    (dict(variant="softmax", gamma_negative=1.0), "gamma_negative: does not apply to variant 'softmax'"),
+    (dict(variant="sparse_softmax", probability_margin=0.1), "probability_margin: does not apply"),
+    (dict(preset="sparse_softmax", alpha=[1.0, 1.0], axis=1), "axis: does not apply to preset"),
+    (dict(preset="multi_category", class_counts=[1, 2], weighted=True), "weighted: does not apply to preset"),
+])
+def test_new_fields_are_validated_on_construction(fields, message):
+    with pytest.raises(ValueError, match=message):
+        FocalSpec(**fields)
+
+
+def test_defaults_are_explicit_and_round_trip():
+    spec = FocalSpec(variant="sigmoid", gamma=[1.0, 3.0])
+    assert (spec.axis, spec.poly_epsilon, spec.weighted, spec.probability_margin) == (-1, 0.0, False, 0.0)
+    assert spec.gamma_negative == (1.0, 3.0)
+    assert FocalSpec.from_json(spec.to_json()) == spec
+    assert FocalSpec(variant="softmax").gamma_negative is None
+
+
+def test_library_functions_validate_the_new_arguments():
+    logits = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="axis: expected the class axis of rank-3"):
+        fg.softmax_focal_loss(np.zeros_like(logits), logits, axis=3)
+    with pytest.raises(ValueError, match="poly_epsilon"):
+        fg.sparse_softmax_focal_loss(np.zeros((2, 3)), logits, poly_epsilon=-2.0)
+    with pytest.raises(ValueError, match="probability_margin"):
+        fg.sigmoid_focal_loss(np.zeros_like(logits), logits, probability_margin=1.0)
+    with pytest.raises(ValueError, match="gamma_negative"):
+        fg.sigmoid_focal_loss(np.zeros_like(logits), logits, gamma_negative=-0.5)
