@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from export import artifact
-from export.cases import dimension_names, generate
+from export.cases import generate, tensor_dimension_names
 from export.errors import ConversionError, UsageError
 from export.quiet import import_tf2onnx, silenced_stderr
 from export.tensorflow_reference import forms_function
@@ -80,11 +80,11 @@ def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
         ordered = [by_name[name] for name in FORMS]
         del graph.output[:]
         graph.output.extend(ordered)
-    names = dimension_names(spec)
-    # Every input and output is (N, ..., [C]) or a prefix of it: labels (N, ...), per_sample
-    # (N,), the scalars; a fixed size (C, or multi_category's trailing 1) keeps its value.
+    names = tensor_dimension_names(spec)
+    # Each input and output by its own layout (labels (N, H, W) beside channels-first logits
+    # (N, C, H, W)); a fixed size (C, or multi_category's trailing 1) keeps its value.
     for value in list(graph.input) + list(graph.output):
-        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
             if not dim.HasField("dim_value"):
                 dim.dim_param = name
     del graph.value_info[:]
@@ -101,7 +101,7 @@ def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
             )
     inputs = [value.name for value in model.graph.input]
     initializers = {tensor.name for tensor in model.graph.initializer}
-    expected = list(spec.input_names)
+    expected = list(spec.graph_inputs)
     extra = [name for name in inputs if name not in expected and name not in initializers]
     if extra:
         raise ConversionError(
