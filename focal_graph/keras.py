@@ -25,8 +25,7 @@ except ModuleNotFoundError as error:  # the base install has no TensorFlow: say 
 from keras.src.backend import set_keras_mask
 
 from focal_graph import presets
-from focal_graph.focal import sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
-from focal_graph.graph import SpecLoss
+from focal_graph.graph import SpecLoss, loss_function
 from focal_graph.params import KERAS_EPSILON
 from focal_graph.spec import FocalSpec
 
@@ -34,12 +33,18 @@ _PACKAGE = "focal_graph"
 
 
 class _FocalLoss(keras.losses.Loss):
-    """Stores the loss's keyword arguments; `get_config` returns them."""
+    """Stores the loss's keyword arguments; `get_config` returns them. A variant's class names
+    its catalogue kind (``KIND``) and calls the function the catalogue names for it."""
+
+    KIND: tuple[str, str] | None = None
 
     def __init__(self, arguments: dict, *, reduction, name, dtype):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         # get_config must be JSON: per-class values as plain lists of numbers.
         self.arguments = {key: _plain(value) for key, value in arguments.items()}
+
+    def _variant_loss(self, y_true, y_pred):
+        return loss_function(self.KIND)(y_true, y_pred, **self.arguments)
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self.arguments}
@@ -81,17 +86,21 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
     (`focal_graph.presets.sparse_softmax`): Keras's mean reduction gives the seed's scalar.
     """
 
+    KIND = ("variant", "sparse_softmax")
+
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, ignore_index=None,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0, reduction="sum_over_batch_size",
+                 name="sparse_softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         ignore_index=ignore_index, epsilon=epsilon)
+                         ignore_index=ignore_index, epsilon=epsilon, axis=axis, poly_epsilon=poly_epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
-        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == 1:
-            y_true = tf.squeeze(y_true, axis=-1)
-        loss = sparse_softmax_focal_loss(y_true, y_pred, **self.arguments)
+        class_axis = self.arguments["axis"] % y_pred.shape.rank
+        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[class_axis] == 1:
+            y_true = tf.squeeze(y_true, axis=class_axis)  # labels (N, 1) or (N, 1, H, W) as Keras passes them
+        loss = self._variant_loss(y_true, y_pred)
         ignore_index = self.arguments["ignore_index"]
         if ignore_index is not None:
             set_keras_mask(loss, tf.not_equal(y_true, tf.cast(ignore_index, y_true.dtype)))
@@ -102,30 +111,37 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
 class SoftmaxFocalLoss(_FocalLoss):
     """`focal_graph.softmax_focal_loss` as a Keras loss (one-hot or soft targets)."""
 
+    KIND = ("variant", "softmax")
+
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0, reduction="sum_over_batch_size",
+                 name="softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         label_smoothing=label_smoothing, epsilon=epsilon)
+                         label_smoothing=label_smoothing, epsilon=epsilon, axis=axis, poly_epsilon=poly_epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
-        return softmax_focal_loss(y_true, y_pred, **self.arguments)
+        return self._variant_loss(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SigmoidFocalLoss(_FocalLoss):
     """`focal_graph.sigmoid_focal_loss` as a Keras loss; per-class output (Keras means it)."""
 
+    KIND = ("variant", "sigmoid")
+
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0, gamma_negative=None, probability_margin=0.0,
+                 reduction="sum_over_batch_size", name="sigmoid_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         label_smoothing=label_smoothing, epsilon=epsilon)
+                         label_smoothing=label_smoothing, epsilon=epsilon, axis=axis, poly_epsilon=poly_epsilon,
+                         gamma_negative=gamma_negative, probability_margin=probability_margin)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Sigmoid", self.name)
-        return sigmoid_focal_loss(y_true, y_pred, **self.arguments)
+        return self._variant_loss(y_true, y_pred)
 
 
 class _PresetLoss(_FocalLoss):

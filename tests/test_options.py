@@ -291,3 +291,109 @@ def test_library_functions_validate_the_new_arguments():
         fg.sigmoid_focal_loss(np.zeros_like(logits), logits, probability_margin=1.0)
     with pytest.raises(ValueError, match="gamma_negative"):
         fg.sigmoid_focal_loss(np.zeros_like(logits), logits, gamma_negative=-0.5)
+
+
+# --- Keras, command line, exported ONNX in bare onnxruntime -----------------------------------
+
+
+def test_keras_classes_take_the_new_options_and_keep_them_in_their_config(rng):
+    from focal_graph.keras import SigmoidFocalLoss, SparseSoftmaxFocalLoss
+
+    logits = (rng.normal(size=(4, 3, 2)) * 3).astype(np.float32)  # (N, C, T)
+    targets = (rng.uniform(size=logits.shape) < 0.4).astype(np.float32)
+    loss = SigmoidFocalLoss(axis=1, gamma=1.0, gamma_negative=4.0, probability_margin=0.05, poly_epsilon=1.0)
+    restored = SigmoidFocalLoss.from_config(loss.get_config())
+    y, x = np.moveaxis(targets, 1, -1), np.moveaxis(logits, 1, -1)
+    one_minus_p_t = y * np.exp(log_sigmoid(-x)) + (1 - y) * np.exp(log_sigmoid(x))
+    want = asymmetric(y, x, 1.0, 4.0, float(np.float32(0.05))) + poly_term(one_minus_p_t, 1.0, 1.0)
+    np.testing.assert_allclose(restored(targets, logits).numpy(), want.mean(), rtol=RTOL)
+
+    labels = rng.integers(0, 3, size=(4, 1, 2))  # Keras's (N, 1, T) labels, channels-first
+    sparse = SparseSoftmaxFocalLoss(axis=1, poly_epsilon=2.0)
+    log_p_t = np.take_along_axis(reference.log_softmax(x.astype(np.float64)), labels[:, 0, :, None], -1)[..., 0]
+    want = reference.sparse_softmax_focal(labels[:, 0], x) + poly_term(-np.expm1(log_p_t), 2.0, 2.0)
+    np.testing.assert_allclose(sparse(labels, logits).numpy(), want.mean(), rtol=RTOL)
+
+
+def test_export_flags_name_the_fields():
+    """The command line's flags reach the spec (parsed as `focalgraph export` parses them)."""
+    from export.cli import export_command
+    from export.options import SPEC_OPTIONS, spec_from_options
+
+    context = export_command.make_context("export", [
+        "--variant", "sigmoid", "--rank", "4", "--axis", "1", "--poly-epsilon", "0.5", "--gamma-negative", "4",
+        "--probability-margin", "0.05", "--weighted", "--out", "unused"])
+    options = {name: value for name, value in context.params.items() if name in SPEC_OPTIONS}
+    spec = spec_from_options(variant=context.params["variant"], **options)
+    assert (spec.axis, spec.poly_epsilon, spec.gamma_negative, spec.probability_margin, spec.weighted) == (
+        1, 0.5, 4.0, 0.05, True)
+
+
+def test_a_new_gamma_on_a_spec_file_moves_a_symmetric_gamma_negative_along(tmp_path):
+    from export.options import spec_from_options
+
+    symmetric, asymmetric_spec = tmp_path / "symmetric.json", tmp_path / "asymmetric.json"
+    symmetric.write_text(FocalSpec(variant="sigmoid").to_json())
+    asymmetric_spec.write_text(FocalSpec(variant="sigmoid", gamma_negative=4.0).to_json())
+    assert spec_from_options(spec=str(symmetric), gamma=1.0).gamma_negative == 1.0
+    assert spec_from_options(spec=str(asymmetric_spec), gamma=1.0).gamma_negative == 4.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--variant", "softmax", "--axis", "0"), "--axis: expected the class axis"),
+    (("--variant", "softmax", "--poly-epsilon", "-2"), "--poly-epsilon: expected a finite number >= -1"),
+    (("--variant", "sigmoid", "--probability-margin", "1"), r"--probability-margin: expected a number in \[0, 1\)"),
+    (("--variant", "sigmoid", "--gamma-negative", "-1"), "--gamma-negative: expected values"),
+    (("--variant", "softmax", "--gamma-negative", "1"), "--gamma-negative: does not apply to variant 'softmax'"),
+])
+def test_bad_new_flags_are_one_line_exit_2_and_nothing_written(tmp_path, flags, message):
+    import re
+
+    from exporting import one_line_error, run_main
+
+    result = run_main("export", *flags, "--out", tmp_path / "loss")
+    assert re.search(message, one_line_error(result, "export"))
+    assert not (tmp_path / "loss").exists()
+
+
+@pytest.mark.slow
+def test_exported_channels_first_weighted_losses_match_float64_in_bare_onnxruntime(rng):
+    """(N, C, H, W) inputs straight into ONNX Runtime: no transpose on the user's side. The model
+    is the artifact's (`export.onnx_conversion.convert`: tf2onnx, dimension names, checks)."""
+    import onnxruntime
+
+    from export.onnx_conversion import convert
+
+    specs = {
+        "sparse": FocalSpec(variant="sparse_softmax", rank=4, axis=1, ignore_index=-1, poly_epsilon=1.0, weighted=True),
+        "sigmoid": FocalSpec(variant="sigmoid", rank=4, axis=1, alpha=0.25, gamma_negative=4.0, probability_margin=0.05,
+                             poly_epsilon=-0.5, weighted=True),
+    }
+    logits = (rng.normal(size=(3, 5, 2, 4)) * 3).astype(np.float32)
+    x = np.moveaxis(logits, 1, -1).astype(np.float64)
+    for name, spec in specs.items():
+        model = convert(spec).SerializeToString()
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        if spec.sparse:
+            y_true = rng.integers(-1, 5, size=(3, 2, 4))
+            weights = rng.uniform(size=(3, 2, 4)).astype(np.float32)
+            log_p_t = np.take_along_axis(reference.log_softmax(x), np.maximum(y_true, 0)[..., None], -1)[..., 0]
+            loss = reference.sparse_softmax_focal(y_true, x, ignore_index=-1) + poly_term(-np.expm1(log_p_t), 2.0, 1.0)
+            loss = np.where(y_true == -1, 0.0, loss) * weights
+            counted = y_true != -1
+            mean = loss[counted].sum() / weights[counted].sum()
+        else:
+            y_true = (rng.uniform(size=logits.shape) < 0.3).astype(np.float32)
+            weights = rng.uniform(size=logits.shape).astype(np.float32)
+            y = np.moveaxis(y_true, 1, -1)
+            one_minus_p_t = y * np.exp(log_sigmoid(-x)) + (1 - y) * np.exp(log_sigmoid(x))
+            loss = asymmetric(y, x, 2.0, 4.0, float(np.float32(0.05)), alpha=0.25) + poly_term(one_minus_p_t, 2.0, -0.5)
+            loss = np.moveaxis(loss, -1, 1) * weights
+            mean = loss.sum() / weights.sum()
+        dims = {value.name: value.shape for value in session.get_inputs() + session.get_outputs()}
+        assert dims["logits"] == ["N", "C", "H", "W"] and dims["weights"] == dims["loss"], dims
+        inputs = dict(zip(spec.graph_inputs, (y_true, logits, weights)))
+        got = dict(zip(["loss", "per_sample", "sum", "mean"], session.run(["loss", "per_sample", "sum", "mean"], inputs)))
+        np.testing.assert_allclose(got["loss"], loss, rtol=RTOL, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got["per_sample"], loss.sum(axis=(1, 2) if spec.sparse else (1, 2, 3)), rtol=RTOL)
+        np.testing.assert_allclose(got["mean"], mean, rtol=RTOL, err_msg=name)
