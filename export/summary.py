@@ -138,10 +138,12 @@ class LossSummary:
 
     def __init__(self, spec: FocalSpec, row_shape, top_k: int):
         self.spec, self.row_shape, self.top_k = spec, tuple(row_shape), top_k
-        self.classes = self.row_shape[-1]
+        class_axis = spec.class_axis - 1  # in a row, which has no N
+        self.classes = self.row_shape[class_axis]
         self.per_class = len(self.row_shape) == 1  # (N, C): one class (or class set) per sample
         # positions of the unreduced loss per sample: (..., C) for per-class losses, (...) for the others
-        loss_shape = self.row_shape if spec.loss_shape == "classes" else self.row_shape[:-1]
+        without_classes = self.row_shape[:class_axis] + self.row_shape[class_axis + 1:]
+        loss_shape = self.row_shape if spec.loss_shape == "classes" else without_classes
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
         self.count, self.ignored = 0, 0
         self.total = ExactSums(1)
