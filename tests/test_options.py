@@ -129,6 +129,19 @@ def test_asymmetric_loss_matches_float64_for_every_logit(margin, gamma_negative)
     assert_asymmetric_exact(got, targets, logits, 1.0, gamma_negative, margin, what=f"margin {margin}")
 
 
+@pytest.mark.slow
+def test_exported_asymmetric_loss_matches_float64_for_every_logit_in_onnxruntime():
+    import onnxruntime
+
+    from export.onnx_conversion import convert
+
+    spec = FocalSpec(variant="sigmoid", gamma=1.0, gamma_negative=4.0, probability_margin=0.05)
+    session = onnxruntime.InferenceSession(convert(spec).SerializeToString(), providers=["CPUExecutionProvider"])
+    targets, logits = extreme_grid()
+    (got,) = session.run(["loss"], {"targets": targets, "logits": logits})
+    assert_asymmetric_exact(got, targets, logits, 1.0, 4.0, 0.05, what="ONNX Runtime")
+
+
 def test_asymmetric_loss_with_alpha_and_class_weight(rng):
     logits = (rng.normal(size=(8, 3)) * 3).astype(np.float32)
     targets = (rng.uniform(size=(8, 3)) < 0.4).astype(np.float32)
@@ -356,23 +369,32 @@ def test_bad_new_flags_are_one_line_exit_2_and_nothing_written(tmp_path, flags, 
     assert not (tmp_path / "loss").exists()
 
 
+@pytest.fixture(scope="module")
+def weighted_channels_first_artifact(tmp_path_factory):
+    """A weighted (N, C, H, W) asymmetric Poly-1 sigmoid artifact, ONNX only and not validated."""
+    from exporting import exported
+
+    out = tmp_path_factory.mktemp("weighted") / "loss"
+    exported(out, FocalSpec(variant="sigmoid", rank=4, axis=1, alpha=0.25, gamma_negative=4.0, probability_margin=0.05,
+                            poly_epsilon=-0.5, weighted=True), format="onnx", validate=False)
+    return out
+
+
 @pytest.mark.slow
-def test_exported_channels_first_weighted_losses_match_float64_in_bare_onnxruntime(rng):
-    """(N, C, H, W) inputs straight into ONNX Runtime: no transpose on the user's side. The model
-    is the artifact's (`export.onnx_conversion.convert`: tf2onnx, dimension names, checks)."""
+def test_exported_channels_first_weighted_losses_match_float64_in_bare_onnxruntime(rng, weighted_channels_first_artifact):
+    """(N, C, H, W) inputs straight into ONNX Runtime: no transpose on the user's side. The
+    models are the artifacts' (`export.onnx_conversion.convert`: tf2onnx, dimension names, checks)."""
     import onnxruntime
 
     from export.onnx_conversion import convert
 
-    specs = {
-        "sparse": FocalSpec(variant="sparse_softmax", rank=4, axis=1, ignore_index=-1, poly_epsilon=1.0, weighted=True),
-        "sigmoid": FocalSpec(variant="sigmoid", rank=4, axis=1, alpha=0.25, gamma_negative=4.0, probability_margin=0.05,
-                             poly_epsilon=-0.5, weighted=True),
-    }
+    sparse_spec = FocalSpec(variant="sparse_softmax", rank=4, axis=1, ignore_index=-1, poly_epsilon=1.0, weighted=True)
+    sigmoid_model = (weighted_channels_first_artifact / "model.onnx").read_bytes()
+    specs = {"sparse": (sparse_spec, convert(sparse_spec).SerializeToString()),
+             "sigmoid": (FocalSpec.from_json((weighted_channels_first_artifact / "spec.json").read_text()), sigmoid_model)}
     logits = (rng.normal(size=(3, 5, 2, 4)) * 3).astype(np.float32)
     x = np.moveaxis(logits, 1, -1).astype(np.float64)
-    for name, spec in specs.items():
-        model = convert(spec).SerializeToString()
+    for name, (spec, model) in specs.items():
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         if spec.sparse:
             y_true = rng.integers(-1, 5, size=(3, 2, 4))
@@ -397,3 +419,32 @@ def test_exported_channels_first_weighted_losses_match_float64_in_bare_onnxrunti
         np.testing.assert_allclose(got["loss"], loss, rtol=RTOL, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(got["per_sample"], loss.sum(axis=(1, 2) if spec.sparse else (1, 2, 3)), rtol=RTOL)
         np.testing.assert_allclose(got["mean"], mean, rtol=RTOL, err_msg=name)
+
+
+@pytest.mark.slow
+def test_eval_feeds_weights_from_a_file_and_refuses_bad_ones(tmp_path, rng, weighted_channels_first_artifact):
+    from export.evaluation import evaluate
+    from exporting import one_line_error, run_main
+
+    logits = (rng.normal(size=(6, 4, 3, 2)) * 3).astype(np.float32)
+    targets = (rng.uniform(size=logits.shape) < 0.3).astype(np.float32)
+    weights = rng.uniform(size=logits.shape).astype(np.float32)
+    weights[0] = 0.0
+    for name, array in (("logits", logits), ("targets", targets), ("weights", weights), ("negative", -weights),
+                        ("short", weights[:, :2])):
+        np.save(tmp_path / f"{name}.npy", array)
+    summary = evaluate(weighted_channels_first_artifact, predictions=tmp_path / "logits.npy",
+                       labels=tmp_path / "targets.npy", weights=tmp_path / "weights.npy", out=tmp_path / "out.npy",
+                       provider="cpu")
+    y, x = np.moveaxis(targets, 1, -1), np.moveaxis(logits, 1, -1)
+    one_minus_p_t = y * np.exp(log_sigmoid(-x)) + (1 - y) * np.exp(log_sigmoid(x))
+    loss = asymmetric(y, x, 2.0, 4.0, float(np.float32(0.05)), alpha=0.25) + poly_term(one_minus_p_t, 2.0, -0.5)
+    loss = np.moveaxis(loss, -1, 1) * weights
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), loss.sum(axis=(1, 2, 3)), rtol=RTOL, atol=1e-6)
+    assert summary["count"] == 6
+
+    common = ("eval", weighted_channels_first_artifact, "--predictions", tmp_path / "logits.npy", "--labels",
+              tmp_path / "targets.npy", "--provider", "cpu")
+    assert "give its weights" in one_line_error(run_main(*common), "eval")
+    assert "not a finite number >= 0" in one_line_error(run_main(*common, "--weights", tmp_path / "negative.npy"), "eval")
+    assert "expected the loss's (4, 3, 2) per row" in one_line_error(run_main(*common, "--weights", tmp_path / "short.npy"), "eval")
