@@ -113,6 +113,8 @@ def _dims(value) -> list:
 
 
 def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto, name: str) -> None:
+    if spec.weighted:
+        raise UsageError("--loss: a weighted loss (its graph takes weights) cannot be attached; export it without --weighted")
     prediction = next((i for i in loss_model.graph.input if i.name == spec.input_names[1]), None)
     if prediction is None:
         raise UsageError(f"--loss: its ONNX graph has no input {spec.input_names[1]!r}; not a focalgraph loss")
@@ -125,7 +127,7 @@ def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto
     dims = _dims(model_output)
     if len(dims) != spec.rank:
         raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {len(dims)}")
-    classes = dims[-1]
+    classes = dims[spec.class_axis]
     if spec.num_classes is not None and isinstance(classes, int) and classes != spec.num_classes:
         raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
     if spec.num_classes is not None and not isinstance(classes, int):
