@@ -9,7 +9,10 @@ Every variant is ``FL = -w * (1 - p_t)**gamma * log p_t`` with a different ``p_t
   BinaryFocalCrossentropy with class balancing).
 
 Arguments follow Keras: targets first, predictions second. Predictions have any rank >= 2 with
-the class axis last; every dimension may be unknown at trace time. Each returns the unreduced
+the class axis last, or at ``axis`` (channels-first (N, C, H, W): ``axis=1``); every dimension
+may be unknown at trace time. Options beyond Lin et al.: ``poly_epsilon`` (Poly-1, Leng et al.,
+ICLR 2022), ``gamma_negative`` and ``probability_margin`` (the sigmoid variant's asymmetric loss,
+Ridnik et al., ICCV 2021), and ``weights`` (per position, multiplied in). Each returns the unreduced
 loss (use `focal_graph.reduction.reduce_loss`). float16 and bfloat16 are computed in float32 and
 cast back.
 """
@@ -52,6 +55,14 @@ def sparse_softmax_focal_loss(
         from_logits: whether ``logits`` are logits (default) or probabilities.
         ignore_index: label value whose positions get loss 0 (and are not counted by a mean).
         epsilon: probability clip, used only when ``from_logits=False``.
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+        weights: optional, shape (...) (the labels'), >= 0, multiplied into the loss; a weight of
+            0 removes a position whose loss is finite (an invalid label stays NaN).
 
     Returns:
         Loss of shape (...), the dtype of ``logits``. A label outside [0, C) that is not
@@ -122,9 +133,18 @@ def softmax_focal_loss(
         targets: shape (..., C), one-hot or a distribution per position.
         y_pred: shape (..., C): logits, or probabilities if ``from_logits=False`` (normalised to
             sum 1, then clipped to [epsilon, 1 - epsilon]).
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+            Here ``p_t = sum_c y_c p_c`` and ``gamma_t = sum_c y_c gamma_c`` (the label's for
+            one-hot targets).
+        weights: optional, shape (...) (the loss's), >= 0, multiplied into the loss.
 
     Returns:
-        Loss of shape (...). Targets and predictions of different runtime shapes give NaN inside
+        Loss of shape (...), the class axis removed. Targets and predictions of different runtime shapes give NaN inside
         graphs rather than a silently broadcast number.
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
@@ -194,9 +214,23 @@ def sigmoid_focal_loss(
         from_logits: whether ``y_pred`` are logits (default) or probabilities.
         label_smoothing: ls in [0, 1].
         epsilon: probability clip, used only when ``from_logits=False``.
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+        gamma_negative: the asymmetric loss's focusing of negatives (Ridnik et al., ICCV 2021),
+            >= 0, scalar or per class; None means ``gamma``. With it or ``probability_margin``
+            set, the loss is ``y a+ w (1 - p)**gamma (-log p) + (1 - y) a- w p_m**gamma_negative
+            (-log(1 - p_m))`` with ``p_m = max(p - probability_margin, 0)``, ``a+ = alpha``,
+            ``a- = 1 - alpha`` (see `_asymmetric_sigmoid`); the defaults give the loss above exactly.
+        probability_margin: m in [0, 1), the asymmetric loss's probability shift of negatives.
+        weights: optional, shape (..., C) (the loss's, in the predictions' layout), >= 0,
+            multiplied into the loss.
 
     Returns:
-        Loss of shape (..., C), one value per class (Keras's BinaryFocalCrossentropy is its mean
+        Loss of shape (..., C) in the predictions' layout, one value per class (Keras's BinaryFocalCrossentropy is its mean
         over the last axis), the dtype of ``y_pred``. A target outside [0, 1] or NaN gives NaN at
         its position inside graphs; called eagerly, it raises ValueError naming the value. Targets
         and predictions of different runtime shapes give NaN.
@@ -389,6 +423,7 @@ def _alpha_t(alpha: np.ndarray, targets: tf.Tensor, negatives: tf.Tensor) -> tf.
 
 def predictions_in_compute_dtype(name: str, y_pred):
     """Predictions as a float tensor of rank >= 2 in the dtype to compute in, and their own dtype.
+    The class axis is wherever the caller's ``axis`` says (`classes_last` moves it).
 
     16-bit predictions are computed in float32: (1 - p)**gamma and log p lose most of their
     digits in float16, and float16's range ends at 65504.
@@ -398,7 +433,7 @@ def predictions_in_compute_dtype(name: str, y_pred):
         raise ValueError(f"{name}: expected floating-point predictions, got dtype {y_pred.dtype.name}")
     if y_pred.shape.rank is None or y_pred.shape.rank < 2:
         raise ValueError(
-            f"{name}: expected rank >= 2 with the class axis last, got shape {y_pred.shape}"
+            f"{name}: expected rank >= 2 (a batch axis and a class axis), got shape {y_pred.shape}"
         )
     out_dtype = y_pred.dtype
     if out_dtype in (tf.float16, tf.bfloat16):
