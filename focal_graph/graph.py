@@ -46,6 +46,9 @@ class SpecLoss:
         return self.spec.sparse
 
     def unreduced(self, y_true, y_pred, weights=None) -> tf.Tensor:
+        if (weights is not None) != bool(self.spec.weighted):
+            raise ValueError("weights: " + ("the spec is weighted; pass weights of the loss's shape" if weights is None
+                                            else "the spec is not weighted (weighted=True takes them)"))
         if weights is not None:
             return self._function(y_true, y_pred, weights=weights, **self.arguments)
         return self._function(y_true, y_pred, **self.arguments)

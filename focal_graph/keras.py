@@ -186,4 +186,6 @@ class FocalSpecLoss(_PresetLoss):
 
     def __init__(self, spec, reduction="sum_over_batch_size", name="focal_spec_loss", dtype=None):
         spec = spec if isinstance(spec, FocalSpec) else FocalSpec.from_dict(spec)
+        if spec.weighted:  # Keras's call has no third input: its sample_weight is the way
+            raise ValueError("weighted: a Keras loss takes its weights as sample_weight; give an unweighted spec")
         super().__init__(SpecLoss(spec), dict(spec=spec.to_dict()), reduction=reduction, name=name, dtype=dtype)

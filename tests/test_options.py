@@ -255,6 +255,38 @@ def test_axis_one_gives_the_values_of_a_transpose_to_classes_last(rng, variant, 
         np.testing.assert_allclose(got[form].numpy(), want[form].numpy(), rtol=1e-6, atol=1e-7)
 
 
+def reference_forms(variant, y_true, logits, weights):
+    """float64 forms of `AXIS_SPECS`' losses on classes-last inputs, from the formulas above."""
+    x = np.asarray(logits, np.float64)
+    if variant == "sparse_softmax":
+        log_p_t = np.take_along_axis(reference.log_softmax(x), np.maximum(y_true, 0)[..., None], -1)[..., 0]
+        loss = reference.sparse_softmax_focal(y_true, x, ignore_index=-1) + poly_term(-np.expm1(log_p_t), 2.0, 0.5)
+        loss = np.where(y_true == -1, 0.0, loss)
+        counted = y_true != -1
+    elif variant == "softmax":
+        smoothed = y_true * 0.9 + 0.1 / x.shape[-1]
+        p_t = (smoothed * np.exp(reference.log_softmax(x))).sum(-1)
+        loss = reference.softmax_focal(y_true, x, label_smoothing=0.1) + poly_term(1.0 - p_t, 2.0, 1.0)
+        counted = np.ones(loss.shape, bool)
+    else:
+        loss = asymmetric(y_true, x, 2.0, 3.0, float(np.float32(0.05)), alpha=0.25)
+        counted = np.ones(loss.shape, bool)
+    loss = loss * weights
+    return {"loss": loss, "per_sample": loss.reshape(len(loss), -1).sum(-1), "sum": loss.sum(),
+            "mean": loss[counted].sum() / weights[counted].sum()}
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("variant", sorted(AXIS_SPECS))
+def test_options_together_match_float64_at_every_rank(rng, variant, rank):
+    spec = FocalSpec(**AXIS_SPECS[variant], rank=rank)
+    _, classes_last = channels_first_inputs(spec, rng, rank)
+    got = SpecLoss(spec).forms(*map(tf.constant, classes_last))
+    want = reference_forms(variant, *classes_last)
+    for form in ("loss", "per_sample", "sum", "mean"):
+        np.testing.assert_allclose(got[form].numpy(), want[form], rtol=RTOL, atol=1e-6, err_msg=form)
+
+
 def test_axis_fixes_the_class_dimension_of_the_signature_where_it_sits():
     spec = FocalSpec(variant="sparse_softmax", axis=1, rank=4, num_classes=19)
     labels, logits = fg.input_signature(spec)
@@ -448,3 +480,15 @@ def test_eval_feeds_weights_from_a_file_and_refuses_bad_ones(tmp_path, rng, weig
     assert "give its weights" in one_line_error(run_main(*common), "eval")
     assert "not a finite number >= 0" in one_line_error(run_main(*common, "--weights", tmp_path / "negative.npy"), "eval")
     assert "expected the loss's (4, 3, 2) per row" in one_line_error(run_main(*common, "--weights", tmp_path / "short.npy"), "eval")
+
+
+def test_a_weighted_spec_needs_its_weights_and_keras_refuses_it():
+    from focal_graph.keras import FocalSpecLoss
+
+    spec = FocalSpec(variant="softmax", weighted=True)
+    with pytest.raises(ValueError, match="weights: the spec is weighted"):
+        SpecLoss(spec)(np.eye(3, dtype=np.float32), np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="weights: the spec is not weighted"):
+        SpecLoss(FocalSpec(variant="softmax"))(np.eye(3, dtype=np.float32), np.zeros((3, 3), np.float32), np.ones(3))
+    with pytest.raises(ValueError, match="weighted: a Keras loss takes its weights as sample_weight"):
+        FocalSpecLoss(spec)
