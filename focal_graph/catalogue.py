@@ -12,7 +12,7 @@ imports TensorFlow).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -53,7 +53,6 @@ class LossKind:
     loss_shape: str
     required: tuple[str, ...] = ()
     fixed: tuple[str, ...] = ()
-    description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -86,21 +85,20 @@ KINDS: Mapping[tuple[str, str], LossKind] = MappingProxyType({kind.key: kind for
         fields=_CLASS_WEIGHTING + ("from_logits", "ignore_index", "epsilon") + _VARIANT_OPTIONS,
         arguments=_VARIANT_ARGUMENTS + ("ignore_index",),
         defaults=_VARIANT_DEFAULTS, sparse=True, multi_label=False, loss_shape="positions",
-        description="softmax focal loss, integer labels",
     ),
     LossKind(
         "variant", "softmax", "focal_graph.focal:softmax_focal_loss",
         fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon") + _VARIANT_OPTIONS,
         arguments=_VARIANT_ARGUMENTS + ("label_smoothing",),
         defaults={**_VARIANT_DEFAULTS, "label_smoothing": 0.0}, sparse=False, multi_label=False,
-        loss_shape="positions", description="softmax focal loss, one-hot or soft targets",
+        loss_shape="positions",
     ),
     LossKind(
         "variant", "sigmoid", "focal_graph.focal:sigmoid_focal_loss",
         fields=_CLASS_WEIGHTING + ("from_logits", "label_smoothing", "epsilon") + _VARIANT_OPTIONS + _ASYMMETRIC,
         arguments=_VARIANT_ARGUMENTS + ("label_smoothing",) + _ASYMMETRIC,
         defaults={**_VARIANT_DEFAULTS, "label_smoothing": 0.0, "probability_margin": 0.0}, sparse=False, multi_label=True,
-        loss_shape="classes", description="sigmoid (multi-label) focal loss",
+        loss_shape="classes",
     ),
     # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by 0.1; 001 clips at
     # 1e-7 (Keras's epsilon); 002 takes logits and returns the mean.
@@ -111,7 +109,6 @@ KINDS: Mapping[tuple[str, str], LossKind] = MappingProxyType({kind.key: kind for
         defaults={"gamma": 2.0, "from_logits": False, "label_smoothing": SEED_000_LSR_WEIGHT, "epsilon": 1e-8,
                   "reduction": "none"},
         required=("class_counts",), fixed=("from_logits",), sparse=False, multi_label=True, loss_shape="positions",
-        description="seed 000",
     ),
     LossKind(
         "preset", "multi_category", "focal_graph.compositions:multi_category_loss",
@@ -119,7 +116,6 @@ KINDS: Mapping[tuple[str, str], LossKind] = MappingProxyType({kind.key: kind for
         arguments=("gamma", "class_weight", "epsilon"),
         defaults={"gamma": 2.0, "from_logits": False, "epsilon": KERAS_EPSILON, "reduction": "none"},
         required=("class_counts",), fixed=("from_logits",), sparse=False, multi_label=True, loss_shape="one",
-        description="seed 001",
     ),
     LossKind(
         "preset", "sparse_softmax", "focal_graph.focal:sparse_softmax_focal_loss",
@@ -127,7 +123,6 @@ KINDS: Mapping[tuple[str, str], LossKind] = MappingProxyType({kind.key: kind for
         arguments=("gamma", "alpha"),
         defaults={"gamma": 2.0, "from_logits": True, "reduction": "mean"},
         required=("alpha",), fixed=("from_logits",), sparse=True, multi_label=False, loss_shape="positions",
-        description="seed 002",
     ),
 )})
 

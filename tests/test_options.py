@@ -492,3 +492,20 @@ def test_a_weighted_spec_needs_its_weights_and_keras_refuses_it():
         SpecLoss(FocalSpec(variant="softmax"))(np.eye(3, dtype=np.float32), np.zeros((3, 3), np.float32), np.ones(3))
     with pytest.raises(ValueError, match="weighted: a Keras loss takes its weights as sample_weight"):
         FocalSpecLoss(spec)
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(__import__("focal_graph.catalogue").catalogue.KINDS))
+def test_each_catalogue_record_names_a_function_that_takes_its_arguments(kind):
+    import inspect
+
+    from focal_graph.catalogue import KINDS
+    from focal_graph.graph import loss_function
+
+    record = KINDS[kind]
+    parameters = inspect.signature(loss_function(kind)).parameters
+    assert set(record.arguments) <= set(parameters), set(record.arguments) - set(parameters)
+    assert set(record.arguments) <= set(record.fields) | {"gamma", "class_weight"}
+    assert set(record.required) | set(record.fixed) <= set(record.fields)
