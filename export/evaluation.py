@@ -54,7 +54,7 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     session = LossSession(artifact_path, provider)
     if session.spec is None:
         raise UsageError(f"{artifact_path}: an ONNX file without focalgraph's spec in its metadata")
-    if session.spec.weighted != (weights is not None):
+    if bool(session.spec.weighted) != (weights is not None):  # None for presets, which take no weights
         raise UsageError("--weights: " + ("the loss is weighted (exported with --weighted); give its weights, "
                                           "the loss's shape per row" if weights is None else
                                           "this loss takes no weights (export it with --weighted)"))
