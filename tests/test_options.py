@@ -509,3 +509,13 @@ def test_each_catalogue_record_names_a_function_that_takes_its_arguments(kind):
     assert set(record.arguments) <= set(parameters), set(record.arguments) - set(parameters)
     assert set(record.arguments) <= set(record.fields) | {"gamma", "class_weight"}
     assert set(record.required) | set(record.fixed) <= set(record.fields)
+
+
+@pytest.mark.slow
+def test_validate_passes_on_a_weighted_channels_first_artifact(weighted_channels_first_artifact):
+    """ONNX Runtime against TensorFlow (the graph rebuilt from spec.json) on generated (N, C, H, W)
+    inputs with weights, edge cases included, and the files' consistency (the float64 formula)."""
+    from export.validation import validate
+
+    report = validate(weighted_channels_first_artifact, shapes="3x4x2x5,0x4x2x5,2x1x3x1", provider="cpu")
+    assert report["passed"], report
