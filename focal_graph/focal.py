@@ -290,7 +290,8 @@ def _sigmoid_output(loss, weights, axis: int, out_dtype):
 def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, alpha, class_weight, *,
                         from_logits: bool, epsilon: float):
     """The asymmetric loss (Ridnik et al., "Asymmetric Loss for Multi-Label Classification", ICCV
-    2021) and ``1 - p_t``, both (..., C), for ``gamma``, ``gamma_negative`` canonical per-class values::
+    2021) and ``1 - p_t``, both (..., C), for ``gamma``, ``gamma_negative`` canonical per-class values,
+    ``alpha`` a canonical array or None and ``class_weight`` a `_class_weight` constant or None::
 
         loss = y a_+ w (1 - p)**gamma (-log p) + (1 - y) a_- w p_m**gamma_negative (-log(1 - p_m))
 
@@ -324,13 +325,11 @@ def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, a
     # p_m is 0 below the margin: the floor keeps p_m**gamma_negative's derivative finite there
     negative_loss = _focal_term(negative_cross_entropy, shifted,
                                 _per_class_value("gamma_negative", gamma_negative, num_classes, dtype), None)
-    if alpha is not None:
-        alpha = np.asarray(params.per_class("alpha", alpha, num_classes=num_classes, high=1.0))
+    if alpha is not None:  # the caller's canonical array, scalar or (C,)
         positive_loss = positive_loss * (float(alpha) if alpha.ndim == 0 else tf.constant(alpha, dtype))
         negative_loss = negative_loss * (float(1.0 - alpha) if alpha.ndim == 0 else tf.constant(1.0 - alpha, dtype))
     loss = targets * positive_loss + (1.0 - targets) * negative_loss
-    class_weight = _class_weight(None, class_weight, num_classes, dtype)
-    if class_weight is not None:
+    if class_weight is not None:  # the caller's constant (`_class_weight`)
         loss = loss * class_weight
     one_minus_p_t = targets * positive.one_minus_p_t + (1.0 - targets) * probability
     return loss, one_minus_p_t

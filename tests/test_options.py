@@ -519,3 +519,17 @@ def test_validate_passes_on_a_weighted_channels_first_artifact(weighted_channels
 
     report = validate(weighted_channels_first_artifact, shapes="3x4x2x5,0x4x2x5,2x1x3x1", provider="cpu")
     assert report["passed"], report
+
+
+def test_asymmetric_graph_with_class_counts_and_per_class_alpha_matches_float64(rng):
+    """Inside a graph, per-class constants are symbolic: the asymmetric path takes them as built."""
+    spec = FocalSpec(variant="sigmoid", class_counts=[10, 20, 40], alpha=[0.2, 0.3, 0.4], gamma_negative=4.0,
+                     probability_margin=0.05)
+    logits = (rng.normal(size=(5, 3)) * 3).astype(np.float32)
+    targets = (rng.uniform(size=(5, 3)) < 0.4).astype(np.float32)
+    got = fg.build_graph(spec)(targets, logits).numpy()
+    counts = np.array([10.0, 20.0, 40.0])
+    weight = (counts.sum() / counts) / (counts.sum() / counts).sum()  # the seeds' inverse frequency
+    alpha = np.array([0.2, 0.3, 0.4])
+    want = asymmetric(targets, logits, 2.0, 4.0, float(np.float32(0.05)), alpha=alpha) * weight
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
