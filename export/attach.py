@@ -127,6 +127,8 @@ def _dims(value) -> list:
 
 
 def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto, name: str) -> None:
+    if spec.weighted:
+        raise UsageError("--loss: a weighted loss (its graph takes weights) cannot be attached; export it without --weighted")
     prediction = next((i for i in loss_model.graph.input if i.name == spec.input_names[1]), None)
     if prediction is None:
         raise UsageError(f"--loss: its ONNX graph has no input {spec.input_names[1]!r}; not a focalgraph loss")
@@ -140,32 +142,29 @@ def _check_compatible(spec: FocalSpec, model_output, loss_model: onnx.ModelProto
     if len(dims) != spec.rank:
         raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {len(dims)}")
     takes = f"--loss: it takes {spec.input_names[1]} {_shape_text(_loss_dims(spec))}; output {name!r} is {_shape_text(dims)}"
-    classes = dims[CLASS_AXIS]
+    axis = spec.class_axis
+    classes = dims[axis]
+    others = [i for i in range(1, len(dims)) if i != axis]
     if spec.num_classes is not None and classes != spec.num_classes:
-        elsewhere = [i for i, d in enumerate(dims[1:-1], 1) if d == spec.num_classes]
-        if elsewhere:  # the classes on another axis: matched by position, H, W would be taken for C
-            raise UsageError(f"{takes}: its classes ({spec.num_classes}) are on axis {elsewhere[0]}, not last "
-                             "(a channels-first output?); transpose it to channels-last in the model")
+        elsewhere = [i for i in others if dims[i] == spec.num_classes]
+        if elsewhere:  # the classes on another axis: matched by position, H or W would be taken for C
+            raise UsageError(f"{takes}: its classes ({spec.num_classes}) are on axis {elsewhere[0]}, not {axis} "
+                             f"(a channels-first output? export the loss with --axis {elsewhere[0]})")
         if isinstance(classes, int):
             raise UsageError(f"{takes}: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")
-        raise UsageError(f"{takes}: it fixes C={spec.num_classes}; the output's last axis has no fixed size; attach "
+        raise UsageError(f"{takes}: it fixes C={spec.num_classes}; the output's axis {axis} has no fixed size; attach "
                          "a loss with a dynamic class count (exported without --classes)")
     if spec.num_classes is None and not isinstance(classes, int) and spec.rank > 2:
-        fixed = [i for i, d in enumerate(dims[1:-1], 1) if isinstance(d, int)]
+        fixed = [i for i in others if isinstance(dims[i], int)]
         if fixed:
-            # A converted model's class count is its weights' shape, always fixed; a last axis of
+            # A converted model's class count is its weights' shape, always fixed; a class axis of
             # no fixed size beside a fixed one is a spatial axis: (N, C, H, W) taken for N, H, W, C.
-            raise UsageError(f"{takes}: its last axis, the classes to the loss, has no fixed size while axis "
-                             f"{fixed[0]} has {dims[fixed[0]]} (a channels-first output?); transpose it to "
-                             "channels-last in the model")
-
-
-# The loss's class axis (predictions (N, ..., C)). The catalogue's `axis` makes it the spec's.
-CLASS_AXIS = -1
+            raise UsageError(f"{takes}: its axis {axis}, the classes to the loss, has no fixed size while axis "
+                             f"{fixed[0]} has {dims[fixed[0]]} (a channels-first output? export the loss with --axis {fixed[0]})")
 
 
 def _loss_dims(spec: FocalSpec) -> list:
-    return list(dimension_names(spec)[:-1]) + [spec.num_classes or "C"]
+    return [spec.num_classes or "C" if name == "C" else name for name in dimension_names(spec)]
 
 
 def _shape_text(dims) -> str:
@@ -304,7 +303,8 @@ def _check(combined: onnx.ModelProto, network: onnx.ModelProto, output: str, spe
                 raise UsageError(f"--check-shapes: ONNX Runtime cannot run --model on {shown}: {reason}") from None
             raise UsageError(f"--model: ONNX Runtime cannot run it on sample inputs ({shown}): {reason}; give input "
                              "shapes it takes with --check-shapes NAME=1x64x64x3") from None
-        labels_shape = produced.shape[:-1] if spec.sparse else produced.shape
+        axis = spec.class_axis
+        labels_shape = produced.shape[:axis] + produced.shape[axis + 1:] if spec.sparse else produced.shape
         labels_type = np.int64 if spec.sparse else produced.dtype
         feeds[label_input] = np.zeros(labels_shape, labels_type)  # class 0, or all-zero targets: valid labels
         try:

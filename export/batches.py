@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.cases import dimension_names
 from export.errors import UsageError
 from export.summary import LossSummary
 from focal_graph.spec import FocalSpec
@@ -84,16 +85,29 @@ def check_rows(spec: FocalSpec, prediction_shape, truth_shape, *, predictions: s
     rank = len(prediction_shape) + 1
     if rank != spec.rank:
         raise UsageError(f"{predictions}: rows of shape {prediction_shape} (rank {rank}); the loss takes "
-                         f"predictions (N, ..., C) with rank {spec.rank}")
-    classes = prediction_shape[-1]
+                         f"predictions ({', '.join(dimension_names(spec))}) with rank {spec.rank}")
+    class_axis = spec.class_axis - 1  # in a row, which has no N
+    classes = prediction_shape[class_axis]
     if spec.num_classes is not None and classes != spec.num_classes:
         raise UsageError(f"{predictions}: {classes} classes per row; the loss fixes C={spec.num_classes}")
     if classes == 0:
         raise UsageError(f"{predictions}: rows have no class (C=0)")
-    expected = prediction_shape[:-1] if spec.sparse else prediction_shape
+    without_classes = prediction_shape[:class_axis] + prediction_shape[class_axis + 1:]
+    expected = without_classes if spec.sparse else prediction_shape
     if truth_shape != tuple(expected):
         what = "class indices" if spec.sparse else "targets"
         raise UsageError(f"{labels}: rows of shape {truth_shape}; expected {what} of shape {tuple(expected)} per row")
+
+
+def check_loss_weights(spec: FocalSpec, prediction_shape, weight_shape, *, predictions: str = "--predictions",
+                       weights: str = "--weights") -> None:
+    """Row shapes of a weighted loss's weights: the unreduced loss's, (...) or (..., C)."""
+    class_axis = spec.class_axis - 1
+    prediction_shape = tuple(prediction_shape)
+    expected = prediction_shape if spec.loss_shape == "classes" else prediction_shape[:class_axis] + prediction_shape[class_axis + 1:]
+    if tuple(weight_shape) != expected:
+        raise UsageError(f"{weights}: rows of shape {tuple(weight_shape)}; expected the loss's {expected} per row "
+                         f"(for {predictions} rows of shape {prediction_shape})")
 
 
 def check_dtypes(spec: FocalSpec, prediction_dtype, truth_dtype, *, predictions: str = "--predictions",
@@ -147,6 +161,18 @@ def checked_labels(spec: FocalSpec, batch: np.ndarray, first_row: int, classes: 
     return batch
 
 
+def checked_loss_weights(spec: FocalSpec, weights: np.ndarray, first_row: int, name: str = "--weights") -> np.ndarray:
+    """A weighted loss's weights, finite and >= 0 (the graph would give NaN), as its dtype."""
+    if weights.dtype.kind not in "fiu":
+        raise UsageError(f"{name}: dtype {weights.dtype}; expected numbers >= 0")
+    with np.errstate(over="ignore"):
+        batch = np.ascontiguousarray(weights, dtype=spec.dtype)
+    bad = ~(np.isfinite(batch) & (batch >= 0)).reshape(len(batch), -1).all(axis=1)
+    if bad.any():
+        raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has a weight that is not a finite number >= 0")
+    return batch
+
+
 def checked_weights(weights: np.ndarray, first_row: int, name: str) -> np.ndarray:
     if weights.ndim != 1 or weights.dtype.kind not in "fiu":
         raise UsageError(f"{name}: expected one number per row, got {weights.dtype} of row shape {weights.shape[1:]}")
@@ -166,8 +192,9 @@ class BatchEvaluator:
     """Per-sample losses of Arrow batches with one `LossSession`.
 
     ``predictions`` and ``labels`` name the columns (default: the loss's input names, e.g.
-    ``logits`` and ``labels``); ``weights`` an optional column of per-row weights >= 0 that
-    multiply the loss (the output is then float64); ``id_column`` an optional column copied to
+    ``logits`` and ``labels``); ``loss_weights`` the column of a weighted loss's ``weights``
+    input (the unreduced loss's shape per row, default ``weights``); ``weights`` an optional
+    column of per-row weights >= 0 that multiply the loss (the output is then float64); ``id_column`` an optional column copied to
     the output beside the loss. ``evaluate(batch)`` returns ``(losses, summary)``: a
     ``RecordBatch`` with ``id_column`` (if any) and ``loss`` (N,), and the batch's `LossSummary`
     (``top_k`` hardest rows). ``first_row`` numbers the rows in error messages and in the
@@ -175,7 +202,8 @@ class BatchEvaluator:
     """
 
     def __init__(self, session, *, predictions: str | None = None, labels: str | None = None,
-                 weights: str | None = None, id_column: str | None = None, top_k: int = 0):
+                 weights: str | None = None, id_column: str | None = None, top_k: int = 0,
+                 loss_weights: str | None = None):
         spec = session.spec
         if spec is None:
             raise UsageError(f"{session.path}: an ONNX file without focalgraph's spec in its metadata")
@@ -185,10 +213,13 @@ class BatchEvaluator:
         self.session, self.spec = session, spec
         self.predictions, self.labels = predictions or prediction_name, labels or true_name
         self.weights, self.id_column, self.top_k = weights, id_column, top_k
+        self.loss_weights = (loss_weights or "weights") if spec.weighted else None
+        if loss_weights is not None and not spec.weighted:
+            raise UsageError(f"{_label(loss_weights)}: this loss takes no weights (export it with --weighted)")
 
     def columns(self) -> list[str]:
         """The input columns this evaluator reads."""
-        names = [self.predictions, self.labels, self.weights, self.id_column]
+        names = [self.predictions, self.labels, self.loss_weights, self.weights, self.id_column]
         return list(dict.fromkeys(name for name in names if name is not None))
 
     def __call__(self, batch, first_row: int | None = 0):
@@ -210,12 +241,20 @@ class BatchEvaluator:
         if len(predictions):
             check_rows(spec, predictions.shape[1:], labels.shape[1:], predictions=prediction_name, labels=label_name)
         predictions = checked_predictions(spec, predictions, row, prediction_name)
-        classes = predictions.shape[-1] if predictions.ndim > 1 else 0
+        classes = predictions.shape[spec.class_axis] if predictions.ndim > 1 else 0
         labels = checked_labels(spec, labels, row, classes, label_name)
+        loss_weights = None
+        if self.loss_weights is not None:
+            weights_name = _label(self.loss_weights)
+            loss_weights = column_array(batch.column(self.loss_weights), weights_name, first_row=row)
+            if len(predictions):
+                check_loss_weights(spec, predictions.shape[1:], loss_weights.shape[1:], predictions=prediction_name,
+                                   weights=weights_name)
+            loss_weights = checked_loss_weights(spec, loss_weights, row, weights_name)
         elements = None
         if len(predictions):
             # the unreduced loss too: the summary's per-class figures are over positions (pixels)
-            outputs = self.session.forms(labels, predictions)
+            outputs = self.session.forms(labels, predictions, loss_weights)
             losses, elements = outputs["per_sample"], outputs["loss"]
         else:
             losses = np.zeros(0, np.dtype(spec.dtype))

@@ -26,9 +26,51 @@ LARGE_LOGITS = {"float16": 1e2, "float32": 1e4, "float64": 1e4}
 
 def dimension_names(spec: FocalSpec) -> tuple[str, ...]:
     """Names of the predictions' dimensions: ``N``, then ``T`` | ``H, W`` | ``D, H, W`` | ``d1..``,
-    then ``C`` (the class axis; fixed when the spec fixes ``num_classes``)."""
+    with ``C`` (the class axis; fixed when the spec fixes ``num_classes``) where the spec's
+    ``axis`` puts it: last by default, ``N, C, H, W`` for channels-first."""
     batch = _BATCH_NAMES.get(spec.rank, ("N",) + tuple(f"d{i}" for i in range(1, spec.rank - 1)))
-    return batch + ("C",)
+    return batch[:spec.class_axis] + ("C",) + batch[spec.class_axis:]
+
+
+def tensor_dimension_names(spec: FocalSpec) -> dict[str, tuple[str, ...]]:
+    """The dimension names of every graph input and output, by name: the predictions' (and dense
+    targets') `dimension_names`, the labels' without ``C``, ``weights`` and ``loss`` as the
+    unreduced loss is laid out, ``per_sample`` ``(N,)``. A fixed size keeps its value."""
+    names = dimension_names(spec)
+    without_classes = names[:spec.class_axis] + names[spec.class_axis + 1:]
+    loss = names if spec.loss_shape == "classes" else without_classes + (("1",) if spec.loss_shape == "one" else ())
+    true_name, prediction_name = spec.input_names
+    return {true_name: without_classes if spec.sparse else names, prediction_name: names, "weights": loss,
+            "loss": loss, "per_sample": names[:1], "sum": (), "mean": ()}
+
+
+def _classes_last(spec: FocalSpec, shape) -> tuple[int, ...]:
+    """A shape in the spec's layout, its class axis moved last (the layout cases are made in)."""
+    axis = spec.class_axis
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:]) + (shape[axis],)
+
+
+def _laid_out(spec: FocalSpec, inputs: dict) -> dict:
+    """Inputs made classes-last, in the spec's layout: the class axis moved to ``axis``."""
+    axis = spec.class_axis
+    if axis == spec.rank - 1:
+        return inputs
+    true_name, prediction_name = spec.input_names
+    moved = {prediction_name}
+    if not spec.sparse:
+        moved.add(true_name)
+    if spec.loss_shape == "classes":
+        moved.add("weights")
+    return {name: np.ascontiguousarray(np.moveaxis(array, -1, axis)) if name in moved else array
+            for name, array in inputs.items()}
+
+
+def _weights(spec: FocalSpec, loss_shape, uniform: np.ndarray) -> np.ndarray:
+    """Validation weights from ``uniform`` values in [0, 1): in [0, 2), one position in four 0
+    (a mask)."""
+    weights = (uniform * 2.0).reshape(loss_shape)
+    weights.reshape(-1)[::4] = 0.0
+    return weights.astype(spec.dtype)
 
 
 ALL_FORMS = artifact.FORMS
@@ -52,7 +94,8 @@ class Case:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(list(self.inputs.values())[-1].shape)
+        """The predictions' shape (the second input)."""
+        return tuple(list(self.inputs.values())[1].shape)
 
 
 def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
@@ -64,7 +107,7 @@ def default_shapes(spec: FocalSpec) -> list[tuple[int, ...]]:
     names = dimension_names(spec)
     base = [BASE_SIZE.get(name, 1 if name.startswith("d") else 3) for name in names]
     if spec.num_classes is not None:
-        base[-1] = spec.num_classes
+        base[spec.class_axis] = spec.num_classes
     shapes = [tuple(base)]
     for axis, name in enumerate(names):
         if name == "C":
@@ -102,9 +145,10 @@ def parse_shapes(spec: FocalSpec, text, option: str = "--shapes") -> list[tuple[
             raise UsageError(f"{option}: {'x'.join(map(str, shape))} has rank {len(shape)}; the spec has rank {spec.rank} ({layout})")
         if any(size < 0 for size in shape):
             raise UsageError(f"{option}: {'x'.join(map(str, shape))} has a negative size")
-        if spec.num_classes is not None and shape[-1] != spec.num_classes:
-            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has C={shape[-1]}; the spec fixes C={spec.num_classes}")
-        if shape[-1] == 0:
+        classes = shape[spec.class_axis]
+        if spec.num_classes is not None and classes != spec.num_classes:
+            raise UsageError(f"{option}: {'x'.join(map(str, shape))} has C={classes}; the spec fixes C={spec.num_classes}")
+        if classes == 0:
             raise UsageError(f"{option}: {'x'.join(map(str, shape))} has no class (C=0)")
         _check_size(option, shape)
     repeated = [shape for i, shape in enumerate(shapes) if shape in shapes[:i]]
@@ -148,10 +192,10 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
     base = next((shape for shape in shapes if 0 not in shape), None)
     if base is None:
         return cases
-    classes, positions = base[-1], base[:-1]
+    classes, positions = base[spec.class_axis], _classes_last(spec, base)[:-1]
     alternate = np.indices(positions).sum(axis=0)  # a checkerboard over the positions
     cases.append(builder.case(f"large logits {_text(base)}", base, scale=LARGE_LOGITS[spec.dtype]))
-    cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(base, 7.0)))
+    cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(_classes_last(spec, base), 7.0)))
     cases.append(builder.case(f"non-finite predictions {_text(base)}", base, edit=_non_finite(spec)))
     if spec.sparse:
         cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=np.where(alternate % 2 == 0, 0, classes - 1)))
@@ -182,9 +226,10 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
 def _ignored_targets_cases(spec: FocalSpec, builder, base, alternate) -> list[Case]:
     """Sigmoid targets equal to ``ignore_index``: a third of the positions (whole rows of C, as
     RetinaNet ignores anchors), single elements, non-finite predictions there, and everything."""
-    ignored_rows = (alternate % 3 == 0)[..., None] & np.ones(base, bool)
-    ignored_elements = np.indices(base).sum(axis=0) % 4 == 1
-    everything = np.ones(base, bool)
+    last = _classes_last(spec, base)  # the layout `case` edits targets in
+    ignored_rows = (alternate % 3 == 0)[..., None] & np.ones(last, bool)
+    ignored_elements = np.indices(last).sum(axis=0) % 4 == 1
+    everything = np.ones(last, bool)
 
     def targets(where):
         def edit(y_true):
@@ -201,16 +246,18 @@ def _ignored_targets_cases(spec: FocalSpec, builder, base, alternate) -> list[Ca
 
 
 def realistic_shape(spec: FocalSpec) -> tuple[int, ...]:
-    """16384 positions at the spec's C (`REALISTIC_CLASSES` when C is dynamic)."""
+    """16384 positions at the spec's C (`REALISTIC_CLASSES` when C is dynamic), in its layout."""
     positions = REALISTIC_POSITIONS.get(spec.rank, (4, 16, 16, 16) + (1,) * (spec.rank - 5))
-    return positions + (spec.num_classes or REALISTIC_CLASSES,)
+    classes = spec.num_classes or REALISTIC_CLASSES
+    return positions[:spec.class_axis] + (classes,) + positions[spec.class_axis:]
 
 
 def realistic_case(spec: FocalSpec, seed: int = 0) -> Case:
     """One case at `realistic_shape`, comparing the reduced forms: large reductions drift where
     small ones do not. Its inputs come from `portable_uniform`, so ``reference.npz`` stores only
     the seed and a later ``validate --reference-only`` on any machine regenerates them."""
-    shape = realistic_shape(spec)
+    named_shape = realistic_shape(spec)
+    shape = _classes_last(spec, named_shape)
     size = int(np.prod(shape))
     positions = shape[:-1]
     logits = ((portable_uniform(size, seed, 0) * 2.0 - 1.0) * 6.0).reshape(shape)
@@ -231,7 +278,10 @@ def realistic_case(spec: FocalSpec, seed: int = 0) -> Case:
     true_name, prediction_name = spec.input_names
     inputs = {true_name: y_true, prediction_name: predictions.astype(dtype)}
     reduced = tuple(form for form in artifact.forms(spec) if form != "loss")
-    return Case(f"{REALISTIC_NAME} {_text(shape)} seed {seed}", inputs, reduced)
+    if spec.weighted:
+        loss_shape = shape if spec.loss_shape == "classes" else positions
+        inputs["weights"] = _weights(spec, loss_shape, portable_uniform(int(np.prod(loss_shape)), seed, 4))
+    return Case(f"{REALISTIC_NAME} {_text(named_shape)} seed {seed}", _laid_out(spec, inputs), reduced)
 
 
 def portable_uniform(count: int, seed: int, stream: int) -> np.ndarray:
@@ -285,7 +335,10 @@ class _CaseBuilder:
 
     def case(self, name, shape, *, scale=3.0, logits=None, labels=None, soft=False, saturated=False, edit=None,
              edit_targets=None) -> Case:
+        """A case of predictions ``shape`` (the spec's layout); ``logits``, ``labels``, ``edit`` and
+        ``edit_targets`` are classes-last."""
         spec, rng = self.spec, self.rng
+        shape = _classes_last(spec, shape)
         classes = shape[-1]
         if logits is None:
             logits = rng.normal(size=shape) * scale
@@ -313,7 +366,11 @@ class _CaseBuilder:
         true_name, prediction_name = spec.input_names
         if not spec.sparse:
             y_true = y_true.astype(self.dtype)
-        return Case(name, {true_name: y_true, prediction_name: predictions.astype(self.dtype)}, artifact.forms(spec))
+        inputs = {true_name: y_true, prediction_name: predictions.astype(self.dtype)}
+        if spec.weighted:
+            loss_shape = shape if spec.loss_shape == "classes" else shape[:-1]
+            inputs["weights"] = _weights(spec, loss_shape, rng.uniform(size=loss_shape))
+        return Case(name, _laid_out(spec, inputs), artifact.forms(spec))
 
 
 def save_reference(path, cases: list[Case], outputs: dict) -> None:
@@ -334,7 +391,7 @@ def load_reference(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
     realistic case regenerated from its seed; raises ValueError (KeyError where an input or form is
     missing) on a malformed file."""
     stored, outputs = read_reference(path, forms)
-    cases = [Case(case.name, {key: case.inputs[key] for key in spec.input_names}, artifact.forms(spec)) for case in stored]
+    cases = [Case(case.name, {key: case.inputs[key] for key in spec.graph_inputs}, artifact.forms(spec)) for case in stored]
     realistic, realistic_outputs = read_realistic(path, spec, forms)
     return cases + realistic, {**outputs, **realistic_outputs}
 

@@ -27,8 +27,13 @@ _SPEC_OPTIONS = [
     click.option("--beta", type=float, help="effective-number's beta (default 0.999)."),
     click.option("--from-logits/--from-probs", "from_logits", default=None, help="Predictions are logits (default) or probabilities."),
     click.option("--label-smoothing", type=float, help="Label smoothing in [0, 1]."),
-    click.option("--ignore-index", type=int, help="Label value whose positions are left out (sparse losses)."),
+    click.option("--ignore-index", type=int, help="Label (sparse) or sigmoid target value (such as -1) whose positions are left out."),
     click.option("--epsilon", type=float, help="Probability clip (with --from-probs)."),
+    click.option("--axis", type=int, help="The class axis of the predictions (default -1, classes last; 1 for (N, C, H, W))."),
+    click.option("--poly-epsilon", type=float, help="Poly-1's epsilon >= -1 (Leng et al. 2022): adds epsilon (1 - p_t)**(gamma + 1). Default 0."),
+    click.option("--gamma-negative", help="Sigmoid: the focusing of negatives (Ridnik et al. 2021), a number or one per class. Default: gamma."),
+    click.option("--probability-margin", type=float, help="Sigmoid: the asymmetric loss's probability margin in [0, 1). Default 0."),
+    click.option("--weighted/--unweighted", "weighted", default=None, help="The graph takes a third input, weights, of the loss's shape."),
     click.option("--reduction", help="none | sum | mean (sigmoid: also normalized | per_sample_normalized): the "
                  "spec's own reduction (an artifact carries every form)."),
     click.option("--rank", type=int, help="Rank of the predictions, class axis included (default 2)."),
@@ -157,6 +162,7 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--out", type=click.Path(), help="Write the per-sample losses here: FILE.npy, or a new directory (no suffix) for a Parquet dataset.")
 @click.option("--summary", type=click.Path(dir_okay=False), help="Write the summary here (JSON).")
 @click.option("--id-column", help="A column of the predictions' Parquet input to carry into --out and name the hardest rows by.")
+@click.option("--weights", help="A weighted loss's weights, the loss's shape per row (same formats as --labels).")
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 4 MiB of predictions fill it).")
 @click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")

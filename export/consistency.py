@@ -177,8 +177,9 @@ def stored_cases(directory) -> tuple[list[Case], dict]:
         raise ArtifactError(f"{path}: missing; the artifact's files cannot be checked against each other without it")
     with reading_reference(path):
         cases, outputs = read_reference(path, FORMS)  # and NORMALIZED_FORMS where stored
-    if len({case.name for case in cases}) != len(cases) or any(len(case.inputs) != 2 for case in cases):
-        raise ArtifactError(f"{path}: unreadable (not two inputs and four outputs per case, each case named once)")
+    if len({case.name for case in cases}) != len(cases) or any(len(case.inputs) not in (2, 3) for case in cases):
+        raise ArtifactError(f"{path}: unreadable (not two inputs (three with weights) and four outputs per case, "
+                            "each case named once)")
     return cases, outputs
 
 
@@ -188,8 +189,8 @@ def formula_witness(name: str, spec: FocalSpec, cases: list[Case]) -> Witness:
     witness = Witness(name, FORMULA)
     outputs = {}
     for case in cases:
-        if tuple(case.inputs) != spec.input_names:
-            witness.error = (f"it takes {' and '.join(spec.input_names)}; the stored inputs are "
+        if tuple(case.inputs) != spec.graph_inputs:
+            witness.error = (f"it takes {' and '.join(spec.graph_inputs)}; the stored inputs are "
                              f"{' and '.join(case.inputs)}")
             return witness
         try:

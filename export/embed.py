@@ -160,11 +160,13 @@ def _loss(path) -> tuple[FocalSpec, object]:
 
 
 def _check_compatible(spec: FocalSpec, output_spec, name: str) -> None:
+    if spec.weighted:
+        raise UsageError("--loss: a weighted loss (its graph takes weights) cannot be embedded; export it without --weighted")
     if output_spec.dtype.name != spec.dtype:
         raise UsageError(f"--loss: it takes {spec.dtype} {spec.input_names[1]}; output {name!r} is {output_spec.dtype.name}")
     rank = output_spec.shape.rank
     if rank is not None and rank != spec.rank:
         raise UsageError(f"--loss: it takes rank-{spec.rank} {spec.input_names[1]}; output {name!r} has rank {rank}")
-    classes = output_spec.shape[-1] if rank else None
+    classes = output_spec.shape[spec.class_axis] if rank else None
     if spec.num_classes is not None and classes is not None and classes != spec.num_classes:
         raise UsageError(f"--loss: it fixes C={spec.num_classes}; output {name!r} has {classes} classes")

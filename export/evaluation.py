@@ -36,12 +36,14 @@ ENGINES = ("local", "ray", "spark")
 def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batch_size: int = DEFAULT_BATCH_SIZE,
              provider: str = "auto", top_k: int = DEFAULT_TOP_K, progress: bool = False, id_column: str | None = None,
              weight_column: str | None = None, engine: str = "local", address: str | None = None,
-             master: str | None = None, plot=None) -> dict:
+             master: str | None = None, plot=None, weights=None) -> dict:
     """Evaluate the loss at ``artifact_path`` on ``predictions`` and ``labels`` (sources, see
     `export.sources`); write the per-sample losses to ``out`` (a ``.npy`` file, or a Parquet
     dataset directory when ``out`` has no suffix) and the summary to ``summary`` (JSON) when
     given. ``id_column`` (a column of the predictions' Parquet input) is carried into the output
-    and names the hardest rows; ``weight_column`` multiplies each row's loss. ``engine``:
+    and names the hardest rows; ``weight_column`` multiplies each row's loss; ``weights`` (a
+    source like ``labels``) is a weighted loss's third input, the unreduced loss's shape per row,
+    required by a weighted artifact and refused by any other. ``engine``:
     ``local`` (this process), ``ray`` (Ray Data; ``address`` joins a cluster) or ``spark``
     (``master``, default ``local[*]``), which read Parquet only. ``plot``: a ``.png`` of the
     mean loss per class (`export.summary.plot_per_class`; needs matplotlib, focalgraph[bench]).
@@ -51,16 +53,22 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     `LossSummary`), ``hardest`` (the ``top_k`` largest per-sample losses and their rows or ids)
     and the provider that ran."""
     _check_options(batch_size=batch_size, top_k=top_k, engine=engine, address=address, master=master)
-    check_outputs(artifact_path, out, summary, predictions, labels, plot)
+    check_outputs(artifact_path, out, summary, predictions, labels, plot, weights)
     if plot is not None:
         require_matplotlib()  # a missing extra is refused before the run, with nothing written
     session = LossSession(artifact_path, provider)
     if session.spec is None:
         raise UsageError(f"{artifact_path}: an ONNX file without focalgraph's spec in its metadata")
+    if bool(session.spec.weighted) != (weights is not None):  # None for presets, which take no weights
+        raise UsageError("--weights: " + ("the loss is weighted (exported with --weighted); give its weights, "
+                                          "the loss's shape per row" if weights is None else
+                                          "this loss takes no weights (export it with --weighted)"))
+    if weights is not None and engine != "local":
+        raise UsageError(f"--weights: read by the local engine only, not {engine}")
     if engine == "local":
         partial = _evaluate_locally(session, artifact_path, predictions, labels, out, batch_size=batch_size, top_k=top_k,
                                     progress=progress, id_column=id_column, weight_column=weight_column,
-                                    summary_path=summary)
+                                    summary_path=summary, weights=weights)
     else:
         from export import engines
 
@@ -105,18 +113,21 @@ def result_dict(session, partial: LossSummary | None, *, artifact_path, predicti
 
 
 def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch_size, top_k, progress, id_column, weight_column,
-                      summary_path) -> dict:
+                      summary_path, weights=None) -> dict:
     import pyarrow as pa
 
     spec = session.spec
     true_name, prediction_name = spec.input_names
     evaluator = BatchEvaluator(session, predictions="--predictions", labels="--labels",
                                weights=None if weight_column is None else "--weight-column",
-                               id_column=None if id_column is None else id_column, top_k=top_k)
+                               id_column=None if id_column is None else id_column, top_k=top_k,
+                               loss_weights=None if weights is None else "--weights")
     with contextlib.ExitStack() as stack:
         predicted = stack.enter_context(sources.open_source(predictions, "--predictions", (prediction_name, "predictions")))
         truth = stack.enter_context(sources.open_source(labels, "--labels", (true_name, "labels", "targets")))
         extra = {}
+        if weights is not None:
+            extra["--weights"] = stack.enter_context(sources.open_source(weights, "--weights", ("weights",)))
         for flag, name in (("--id-column", id_column), ("--weight-column", weight_column)):
             if name is not None:
                 if not isinstance(predicted, sources.ParquetSource):
@@ -182,12 +193,14 @@ def check_sources(spec, predicted, truth, extra) -> None:
     check_dtypes(spec, predicted.dtype, truth.dtype)
 
 
-def check_outputs(artifact_path, out, summary, predictions, labels, plot=None) -> None:
+def check_outputs(artifact_path, out, summary, predictions, labels, plot=None, weights=None) -> None:
     """The one output check (`export.writing.check_outputs`: realpath, never inside or equal to
     an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory),
     ``--summary`` and ``--plot`` (a .png, replaced only when eval wrote it)."""
     inputs = {"ARTIFACT": artifact_path, "--predictions": sources.input_paths(predictions),
               "--labels": sources.input_paths(labels)}
+    if weights is not None:
+        inputs["--weights"] = sources.input_paths(weights)
     if out is not None:
         # a name without a suffix is a dataset directory, unless it names an existing non-directory
         # (/dev/null), which the file rules refuse as not a regular file

@@ -36,14 +36,17 @@ from focal_graph.spec import FocalSpec
 from focal_graph.weights import class_weights
 
 
-def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
+def spec_forms(spec: FocalSpec, y_true, predictions, weights=None) -> dict[str, np.ndarray]:
     """The forms of ``spec``'s loss: ``loss`` in the spec's dtype, the reduced forms in
     float32 for a 16-bit spec and in the spec's dtype otherwise.
 
     Args:
         spec: the loss.
         y_true: integer labels (...) for sparse losses, targets (..., C) otherwise.
-        predictions: logits, or probabilities when ``spec.from_logits`` is false, (..., C).
+        predictions: logits, or probabilities when ``spec.from_logits`` is false, (..., C), the
+            class axis where ``spec.axis`` puts it.
+        weights: for a weighted spec, the unreduced loss's shape: multiplied into the loss (NaN
+            where negative), and the mean is ``sum(w loss) / sum(w)`` over counted positions.
 
     Returns:
         ``{"loss": (...) or (..., C) or (..., 1), "per_sample": (N,), "sum": (), "mean": ()}``,
@@ -56,21 +59,44 @@ def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
     y_true = np.asarray(y_true)
     if predictions.ndim != spec.rank:
         raise ValueError(f"predictions: rank {predictions.ndim}; the spec has rank {spec.rank}")
-    if spec.num_classes is not None and predictions.shape[-1] != spec.num_classes:
-        raise ValueError(f"predictions: {predictions.shape[-1]} classes; the spec fixes C={spec.num_classes}")
-    expected = predictions.shape[:-1] if spec.sparse else predictions.shape
+    axis = spec.class_axis
+    if spec.num_classes is not None and predictions.shape[axis] != spec.num_classes:
+        raise ValueError(f"predictions: {predictions.shape[axis]} classes; the spec fixes C={spec.num_classes}")
+    without_classes = predictions.shape[:axis] + predictions.shape[axis + 1:]
+    expected = without_classes if spec.sparse else predictions.shape
     if y_true.shape != expected:
         raise ValueError(f"{spec.input_names[0]}: shape {y_true.shape}; expected {expected}")
+    if (weights is None) == bool(spec.weighted):
+        raise ValueError("weights: " + ("the spec is weighted; give them" if spec.weighted else "the spec is not weighted"))
+    per_class = spec.loss_shape == "classes"
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (predictions.shape if per_class else without_classes):
+            raise ValueError(f"weights: shape {weights.shape}; expected the loss's")
+    # computed classes-last, as the graph does after its transpose; masks and positives are read
+    # in the caller's layout, the loss's
+    y_in_layout = y_true
+    predictions = np.moveaxis(predictions, axis, -1)
+    if not spec.sparse:
+        y_true = np.moveaxis(y_true, axis, -1)
     compute = np.float64 if spec.dtype == "float64" else np.float32
     with np.errstate(all="ignore"):  # non-finite predictions give what the graphs give: NaN or inf
         loss = _LOSSES[spec.kind](spec, y_true, predictions.astype(np.float64), compute)
+        if per_class:
+            loss = np.moveaxis(loss, -1, axis)
+        if weights is not None:
+            loss = np.where(weights >= 0.0, loss * weights, np.nan)
         loss = loss.astype(spec.dtype)
         reduced = loss.astype(np.float64)  # the graph reduces the loss it returns, rounded to its dtype
         counted = None
         if spec.ignore_index is not None:  # sparse labels, or sigmoid targets
-            counted = y_true != spec.ignore_index
+            counted = y_in_layout != spec.ignore_index
         total = reduced.sum() if counted is None else np.where(counted, reduced, 0.0).sum()
         count = reduced.size if counted is None else int(counted.sum())
+        if weights is not None:
+            count = weights.astype(spec.dtype).astype(np.float64)
+            count = (count if counted is None else np.where(counted, count, 0.0)).sum()
+            count = count if count > 0 else 1.0
         reduced_dtype = np.float32 if spec.dtype in ("float16", "bfloat16") else spec.dtype
         axes = tuple(range(1, reduced.ndim))
         per_sample = reduced.sum(axis=axes)
@@ -78,10 +104,10 @@ def spec_forms(spec: FocalSpec, y_true, predictions) -> dict[str, np.ndarray]:
             "loss": loss,
             "per_sample": per_sample.astype(reduced_dtype),
             "sum": np.asarray(total).astype(reduced_dtype),
-            "mean": np.asarray(total / max(count, 1)).astype(reduced_dtype),
+            "mean": np.asarray(total / (count if weights is not None else max(count, 1))).astype(reduced_dtype),
         }
         if spec.normalized_by_positives:
-            positive = y_true.astype(np.float64) > 0.5
+            positive = y_in_layout.astype(np.float64) > 0.5
             if counted is not None:
                 positive &= counted
             positives = positive.sum(axis=axes).astype(np.float64)
@@ -181,6 +207,7 @@ def _sparse_softmax(spec: FocalSpec, labels, logits, compute, *, alpha=None, gam
     weight = _weight(spec, alpha)
     weight_t = None if weight is None else (weight if weight.ndim == 0 else weight[index])
     loss = _focal(-log_p_t, -np.expm1(log_p_t), gamma_t, weight_t, compute)
+    loss = loss + _poly(spec, -np.expm1(log_p_t), gamma_t)
     loss = np.where(valid, loss, np.nan)
     if ignore_index is not None:
         loss = np.where(labels == ignore_index, 0.0, loss)
@@ -198,9 +225,11 @@ def _softmax(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, la
         log_p = _log_softmax(predictions)
     else:
         log_p = np.log(_clip(predictions / _total(predictions, compute, keepdims=True), epsilon, compute))
-    per_class = _focal(-log_p * targets, -np.expm1(log_p), np.asarray(gamma, np.float64), _weight(spec, alpha),
-                       compute)
-    return np.where(valid, per_class, np.nan).sum(axis=-1)
+    gamma = np.asarray(gamma, np.float64)
+    per_class = _focal(-log_p * targets, -np.expm1(log_p), gamma, _weight(spec, alpha), compute)
+    # Poly-1's p_t = sum_c y_c p_c, its exponent the targets' mix of the classes' gammas
+    poly = _poly(spec, 1.0 - (targets * np.exp(log_p)).sum(axis=-1), gamma if gamma.ndim == 0 else (targets * gamma).sum(axis=-1))
+    return np.where(valid, per_class, np.nan).sum(axis=-1) + poly
 
 
 def _sigmoid(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, label_smoothing, from_logits, epsilon,
@@ -210,6 +239,8 @@ def _sigmoid(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, la
     valid = _valid_targets(targets)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if spec.kind == ("variant", "sigmoid") and (spec.gamma_negative != spec.gamma or spec.probability_margin):
+        return np.where(valid, _asymmetric(spec, targets, predictions, compute), np.nan)
     cross_entropy, one_minus_p_t = _sigmoid_terms(targets, predictions, from_logits, epsilon, compute)
     weight = _weight(spec) if class_weight else None
     if alpha is not None:
@@ -217,7 +248,40 @@ def _sigmoid(spec: FocalSpec, targets, predictions, compute, *, gamma, alpha, la
         alpha_t = targets * alpha + (1.0 - targets) * (1.0 - alpha)
         weight = alpha_t if weight is None else alpha_t * weight
     loss = _focal(cross_entropy, one_minus_p_t, np.asarray(gamma, np.float64), weight, compute)
+    loss = loss + _poly(spec, one_minus_p_t, np.asarray(gamma, np.float64))
     return np.where(valid, loss, np.nan)
+
+
+def _poly(spec: FocalSpec, one_minus_p_t, gamma) -> np.ndarray | float:
+    """Poly-1's ``epsilon * (1 - p_t)**(gamma + 1)`` (Leng et al. 2022), not weighted; 0 without it."""
+    if not spec.poly_epsilon:
+        return 0.0
+    return spec.poly_epsilon * np.maximum(one_minus_p_t, 0.0) ** (gamma + 1.0)
+
+
+def _asymmetric(spec: FocalSpec, targets, predictions, compute) -> np.ndarray:
+    """Ridnik et al. 2021, per class: ``y a+ w (1 - p)**gamma (-log p) + (1 - y) a- w
+    p_m**gamma_negative (-log(1 - p_m))``, ``p_m = max(p - m, 0)`` with the margin m as the graph
+    holds it (rounded to ``compute``), ``a+ = alpha``, ``a- = 1 - alpha``; plus Poly-1's term."""
+    positive_ce, one_minus_p = _sigmoid_terms(np.ones_like(targets), predictions, spec.from_logits, spec.epsilon, compute)
+    negative_ce, p = _sigmoid_terms(np.zeros_like(targets), predictions, spec.from_logits, spec.epsilon, compute)
+    margin = float(compute(spec.probability_margin))
+    if margin:
+        p_m = np.maximum(p - margin, 0.0)
+        negative_ce = -np.log1p(-p_m)
+    else:
+        p_m = p
+    gamma, gamma_negative = np.asarray(spec.gamma, np.float64), np.asarray(spec.gamma_negative, np.float64)
+    positive = _focal(positive_ce, one_minus_p, gamma, None, compute)
+    negative = _focal(negative_ce, p_m, gamma_negative, None, compute)
+    if spec.alpha is not None:
+        alpha = _per_class(spec.alpha)
+        positive, negative = positive * alpha, negative * (1.0 - alpha)
+    loss = targets * positive + (1.0 - targets) * negative
+    weight = _weight(spec)
+    if weight is not None:
+        loss = loss * weight
+    return loss + _poly(spec, targets * one_minus_p + (1.0 - targets) * p, gamma)
 
 
 def _variant_sparse_softmax(spec, labels, logits, compute):

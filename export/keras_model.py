@@ -131,7 +131,7 @@ def _at_model_output(path: Path, spec: FocalSpec, shape) -> FocalSpec:
         return spec
     fields = spec.to_dict()
     fields["rank"] = len(shape)
-    classes = shape[-1]
+    classes = shape[-1 if spec.axis is None else spec.axis]  # the class axis: channels-first with axis 1
     if classes is not None:
         if spec.num_classes is not None and spec.num_classes != classes:
             raise UsageError(f"--keras: {path}: the loss takes {spec.num_classes} classes, the model outputs {classes}")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from export import artifact
-from export.cases import dimension_names, generate
+from export.cases import generate, tensor_dimension_names
 from export.errors import ConversionError, UsageError
 from export.quiet import import_tf2onnx, silenced_stderr
 from export.tensorflow_reference import forms_function
@@ -39,7 +39,7 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     tf2onnx = import_tf2onnx()
     function = forms_function(spec)  # imports TensorFlow
     try:
-        with silenced_stderr(), _without_global_pool_optimizer():
+        with silenced_stderr(), _without_global_pool_optimizer(), _softmax_kept_classes_last():
             model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     except Exception as error:  # tf2onnx raises many types; each is a failed conversion
         raise ConversionError(f"tf2onnx failed on {spec.name}: {type(error).__name__}: {error}") from error
@@ -69,6 +69,32 @@ def _without_global_pool_optimizer():
         table.update(saved)  # in its original order
 
 
+@contextlib.contextmanager
+def _softmax_kept_classes_last():
+    """A spec with the class axis elsewhere (``axis``) transposes the classes last before its
+    (Log)Softmax; tf2onnx's transpose optimizer would move that Transpose after it and give the
+    (Log)Softmax the other axis, which ONNX Runtime 1.31's CPU kernel runs far slower: on
+    (8, 19, 128, 128) float32, LogSoftmax over axis 1 took 84 ms, a Transpose to classes-last
+    2.8 ms and LogSoftmax over the last axis 7.8 ms (minima of 9 interleaved runs). So the
+    optimizer's (Log)Softmax handlers are left out while we convert; graphs without such a
+    Transpose (the classes-last default) do not change. The handlers are built by
+    ``TransposeOptimizer._initialize_handlers`` (tf2onnx 1.17)."""
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    original = TransposeOptimizer._initialize_handlers
+
+    def without_softmax(self):
+        original(self)
+        for op in ("Softmax", "LogSoftmax"):
+            self._handler_map.pop(op, None)
+
+    TransposeOptimizer._initialize_handlers = without_softmax
+    try:
+        yield
+    finally:
+        TransposeOptimizer._initialize_handlers = original
+
+
 def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
     """Outputs in `export.artifact.forms` order; every dynamic dimension of the inputs and outputs named so that
     the N of the labels is the N of the logits; tf2onnx's per-tensor shape hints (``unk__``
@@ -80,11 +106,11 @@ def _arranged(model: onnx.ModelProto, spec: FocalSpec) -> onnx.ModelProto:
         ordered = [by_name[name] for name in forms]
         del graph.output[:]
         graph.output.extend(ordered)
-    names = dimension_names(spec)
-    # Every input and output is (N, ..., [C]) or a prefix of it: labels (N, ...), per_sample
-    # (N,), the scalars; a fixed size (C, or multi_category's trailing 1) keeps its value.
+    names = tensor_dimension_names(spec)
+    # Each input and output by its own layout (labels (N, H, W) beside channels-first logits
+    # (N, C, H, W)); a fixed size (C, or multi_category's trailing 1) keeps its value.
     for value in list(graph.input) + list(graph.output):
-        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
             if not dim.HasField("dim_value"):
                 dim.dim_param = name
     del graph.value_info[:]
@@ -101,7 +127,7 @@ def check(model: onnx.ModelProto, spec: FocalSpec) -> None:
             )
     inputs = [value.name for value in model.graph.input]
     initializers = {tensor.name for tensor in model.graph.initializer}
-    expected = list(spec.input_names)
+    expected = list(spec.graph_inputs)
     extra = [name for name in inputs if name not in expected and name not in initializers]
     if extra:
         raise ConversionError(

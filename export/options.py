@@ -28,11 +28,16 @@ SPEC_OPTIONS = {
     "label_smoothing": "label_smoothing",
     "ignore_index": "ignore_index",
     "epsilon": "epsilon",
+    "axis": "axis",
+    "poly_epsilon": "poly_epsilon",
+    "gamma_negative": "gamma_negative",
+    "probability_margin": "probability_margin",
+    "weighted": "weighted",
     "reduction": "reduction",
     "rank": "rank",
     "dtype": "dtype",
 }
-LIST_OPTIONS = ("gamma", "alpha", "class_weight", "class_counts")
+LIST_OPTIONS = ("gamma", "alpha", "class_weight", "class_counts", "gamma_negative")
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; this bounds what --spec reads
 # A spec file holds every value, derived ones included (to_json writes them out). Overriding a
 # field drops the file's values that were derived from it or only make sense with it, unless
@@ -87,6 +92,10 @@ def spec_from_options(*, preset=None, variant=None, spec=None, keras=None, **opt
         for derived in _DERIVED.get(field, ()):
             if derived not in overrides:
                 fields.pop(derived, None)
+    if "gamma" in overrides and "gamma_negative" not in overrides and fields.get("gamma_negative") == fields.get("gamma"):
+        # a file's gamma_negative equal to its gamma is the symmetric default: it follows a new
+        # gamma (an asymmetric one, which differs, is kept)
+        fields.pop("gamma_negative", None)
     fields.update(overrides)
     try:
         return FocalSpec(**fields)
@@ -130,7 +139,7 @@ def _numbers(name: str, text: str):
         raise UsageError(f"{option_flag(name)}: expected a number or comma-separated numbers, got {text!r}") from None
     if name == "class_counts":
         values = [int(v) if v.is_integer() else v for v in values]
-    return values[0] if len(values) == 1 and name in ("gamma", "alpha") else values
+    return values[0] if len(values) == 1 and name in ("gamma", "alpha", "gamma_negative") else values
 
 
 def _flagged(message: str) -> str:

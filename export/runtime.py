@@ -130,9 +130,10 @@ class LossSession:
     ``auto`` | ``cpu`` | ``cuda`` (see `open_session`); ``describe()`` says which ran;
     ``threads``: ONNX Runtime's intra-op threads (default: one per core).
 
-    ``session(y_true, predictions)`` returns the per-sample losses, shape (N,); ``forms(...)``
-    returns every output (``loss``, ``per_sample``, ``sum``, ``mean``; a sigmoid loss's
-    ``normalized`` and ``per_sample_normalized`` too). ONNX Runtime sessions
+    ``session(y_true, predictions)`` returns the per-sample losses, shape (N,) (a weighted loss
+    takes ``weights``, the unreduced loss's shape, third); ``forms(...)`` returns every output
+    (``loss``, ``per_sample``, ``sum``, ``mean``; a sigmoid loss's ``normalized`` and
+    ``per_sample_normalized`` too). ONNX Runtime sessions
     may be run from several threads at once, and nothing here keeps per-call state, so one
     LossSession serves many threads.
     """
@@ -163,7 +164,7 @@ class LossSession:
             text = self.runtime.session.get_modelmeta().custom_metadata_map.get(artifact.SPEC_METADATA)
             self.spec = artifact.spec_from_metadata(text, model) if text else None
         names = self.runtime.input_names
-        if len(names) != 2 or "per_sample" not in self.runtime.output_names:
+        if len(names) not in (2, 3) or "per_sample" not in self.runtime.output_names:
             raise UsageError(f"{model}: not a focalgraph loss (inputs {names}, outputs {self.runtime.output_names})")
         self.input_names = tuple(names)
         from export.consistency import confirm_loss
@@ -177,24 +178,37 @@ class LossSession:
     def describe(self) -> dict:
         return self.runtime.describe()
 
-    def forms(self, y_true, predictions) -> dict:
-        return self.runtime.run(self._feed(y_true, predictions))
+    def forms(self, y_true, predictions, weights=None) -> dict:
+        return self.runtime.run(self._feed(y_true, predictions, weights))
 
-    def __call__(self, y_true, predictions) -> np.ndarray:
-        return self.runtime.session.run(["per_sample"], self._feed(y_true, predictions))[0]
+    def __call__(self, y_true, predictions, weights=None) -> np.ndarray:
+        return self.runtime.session.run(["per_sample"], self._feed(y_true, predictions, weights))[0]
 
-    def _feed(self, y_true, predictions) -> dict:
-        """The two inputs as the model's input types, their shapes checked against each other:
+    def _feed(self, y_true, predictions, weights=None) -> dict:
+        """The inputs as the model's input types, their shapes checked against each other:
         ONNX Runtime does not enforce that the N of the labels is the N of the predictions, and
         it refuses int32 labels or a Python list with a message of its own."""
         y_true = self._converted(0, y_true)
         predictions = self._converted(1, predictions)
         sparse = self.input_names[0] == "labels"
-        expected = predictions.shape[:-1] if sparse else predictions.shape
+        axis = (self.spec.class_axis if self.spec is not None else predictions.ndim - 1) % max(predictions.ndim, 1)
+        without_classes = predictions.shape[:axis] + predictions.shape[axis + 1:]
+        expected = without_classes if sparse else predictions.shape
         if y_true.shape != expected:
             raise UsageError(f"{self.input_names[0]}: shape {y_true.shape}; expected {expected} for "
                              f"{self.input_names[1]} of shape {predictions.shape}")
-        return dict(zip(self.input_names, (y_true, predictions)))
+        feed = dict(zip(self.input_names, (y_true, predictions)))
+        if (weights is None) != (len(self.input_names) == 2):
+            raise UsageError("weights: " + ("this loss is weighted; give weights of the loss's shape" if weights is None
+                                            else "this loss takes no weights (export it with --weighted)"))
+        if weights is not None:
+            weights = self._converted(2, weights)
+            per_class = self.spec is not None and self.spec.loss_shape == "classes"
+            expected = predictions.shape if per_class else without_classes
+            if weights.shape != expected:
+                raise UsageError(f"weights: shape {weights.shape}; expected the loss's shape {expected}")
+            feed[self.input_names[2]] = weights
+        return feed
 
     def _converted(self, index: int, value) -> np.ndarray:
         """``value`` (an array or nested lists) as input ``index``'s element type: integer labels

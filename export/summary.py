@@ -172,10 +172,12 @@ class LossSummary:
 
     def __init__(self, spec: FocalSpec, row_shape, top_k: int):
         self.spec, self.row_shape, self.top_k = spec, tuple(row_shape), top_k
-        self.classes = self.row_shape[-1]
-        # the sigmoid loss keeps its class axis: (..., C) per sample; the others sum it: (...)
-        self.own_class_loss = spec.kind == ("variant", "sigmoid")
-        loss_shape = self.row_shape if self.own_class_loss else self.row_shape[:-1]
+        class_axis = spec.class_axis - 1  # in a row, which has no N
+        self.classes = self.row_shape[class_axis]
+        # a per-class loss (sigmoid) keeps its class axis: (..., C) per sample; the others sum it: (...)
+        self.own_class_loss = spec.loss_shape == "classes"
+        without_classes = self.row_shape[:class_axis] + self.row_shape[class_axis + 1:]
+        loss_shape = self.row_shape if self.own_class_loss else without_classes
         self.positions_per_row = int(np.prod(loss_shape, dtype=np.int64))
         self.count, self.ignored, self.positives = 0, 0, 0
         self.total = ExactSums(1)
@@ -207,6 +209,11 @@ class LossSummary:
         elements = np.asarray(elements)
         if elements.dtype != np.float32:  # float32 elements keep their type: `ExactSums` sums them faster
             elements = elements.astype(np.float64)
+        if self.spec.class_axis != self.spec.rank - 1:  # channels-first: classes last, as the loss computes
+            if not self.spec.sparse:
+                labels = np.moveaxis(labels, self.spec.class_axis, -1)
+            if self.own_class_loss:
+                elements = np.moveaxis(elements, self.spec.class_axis, -1)
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), losses)
         ignored = None

@@ -29,8 +29,8 @@ class _Form:
     def __init__(self, loss, form: str):
         self.loss, self.form = loss, form
 
-    def __call__(self, y_true, y_pred):
-        return {self.form: self.loss.forms(y_true, y_pred)[self.form]}
+    def __call__(self, *inputs):  # y_true, y_pred[, weights]
+        return {self.form: self.loss.forms(*inputs)[self.form]}
 
 
 def save_saved_model(spec: FocalSpec, path: Path, xla: bool = True) -> None:
@@ -89,7 +89,7 @@ def forms_function(spec: FocalSpec):
     from focal_graph.graph import SpecLoss, input_signature
 
     loss = SpecLoss(spec)
-    return tf.function(lambda y_true, y_pred: loss.forms(y_true, y_pred), input_signature=input_signature(spec), autograph=False)
+    return tf.function(lambda *inputs: loss.forms(*inputs), input_signature=input_signature(spec), autograph=False)
 
 
 def outputs_from_spec(spec: FocalSpec, cases: list[Case]) -> dict:

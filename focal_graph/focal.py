@@ -9,7 +9,10 @@ Every variant is ``FL = -w * (1 - p_t)**gamma * log p_t`` with a different ``p_t
   BinaryFocalCrossentropy with class balancing).
 
 Arguments follow Keras: targets first, predictions second. Predictions have any rank >= 2 with
-the class axis last; every dimension may be unknown at trace time. Each returns the unreduced
+the class axis last, or at ``axis`` (channels-first (N, C, H, W): ``axis=1``); every dimension
+may be unknown at trace time. Options beyond Lin et al.: ``poly_epsilon`` (Poly-1, Leng et al.,
+ICLR 2022), ``gamma_negative`` and ``probability_margin`` (the sigmoid variant's asymmetric loss,
+Ridnik et al., ICCV 2021), and ``weights`` (per position, multiplied in). Each returns the unreduced
 loss (use `focal_graph.reduction.reduce_loss`). float16 and bfloat16 are computed in float32 and
 cast back.
 """
@@ -33,6 +36,9 @@ def sparse_softmax_focal_loss(
     from_logits: bool = True,
     ignore_index: int | None = None,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Softmax focal loss with integer labels; generalises seed 002 to any rank.
 
@@ -49,6 +55,14 @@ def sparse_softmax_focal_loss(
         from_logits: whether ``logits`` are logits (default) or probabilities.
         ignore_index: label value whose positions get loss 0 (and are not counted by a mean).
         epsilon: probability clip, used only when ``from_logits=False``.
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+        weights: optional, shape (...) (the labels'), >= 0, multiplied into the loss; a weight of
+            0 removes a position whose loss is finite (an invalid label stays NaN).
 
     Returns:
         Loss of shape (...), the dtype of ``logits``. A label outside [0, C) that is not
@@ -56,7 +70,11 @@ def sparse_softmax_focal_loss(
         export, NaN does); called eagerly, it raises ValueError naming the value.
     """
     logits, out_dtype = predictions_in_compute_dtype("logits", logits)
+    axis = params.class_axis(axis, logits.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    logits = classes_last(logits, axis)
     labels = _labels(labels, logits)
+    weights = _weights(weights, logits.shape[:-1], logits.dtype)
     num_classes = logits.shape[-1]
     gamma = _per_class_value("gamma", gamma, num_classes, logits.dtype)
     weight = _class_weight(alpha, class_weight, num_classes, logits.dtype)
@@ -74,7 +92,10 @@ def sparse_softmax_focal_loss(
     class_index = tf.cast(tf.where(in_range, labels, tf.zeros_like(labels)), tf.int64)
 
     log_p_t = softmax_log_prob_at(logits, class_index, from_logits=from_logits, epsilon=epsilon)
-    loss = _focal_term(-log_p_t, 1.0 - tf.exp(log_p_t), _at(gamma, class_index), _at(weight, class_index))
+    one_minus_p_t = 1.0 - tf.exp(log_p_t)
+    loss = _focal_term(-log_p_t, one_minus_p_t, _at(gamma, class_index), _at(weight, class_index))
+    if poly_epsilon:
+        loss = loss + _poly_term(one_minus_p_t, _at(gamma, class_index), poly_epsilon)
 
     counted = in_range
     if ignored is not None:
@@ -82,6 +103,8 @@ def sparse_softmax_focal_loss(
         counted = tf.logical_or(in_range, ignored)
     loss = tf.where(counted, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
     loss = loss * _same_shape_guard(labels, logits, drop_classes=True)
+    if weights is not None:
+        loss = _weighted(loss, weights)
     return tf.cast(loss, out_dtype)
 
 
@@ -95,6 +118,9 @@ def softmax_focal_loss(
     from_logits: bool = True,
     label_smoothing: float = 0.0,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Softmax focal loss with one-hot or soft targets.
 
@@ -107,13 +133,26 @@ def softmax_focal_loss(
         targets: shape (..., C), one-hot or a distribution per position.
         y_pred: shape (..., C): logits, or probabilities if ``from_logits=False`` (normalised to
             sum 1, then clipped to [epsilon, 1 - epsilon]).
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+            Here ``p_t = sum_c y_c p_c`` and ``gamma_t = sum_c y_c gamma_c`` (the label's for
+            one-hot targets).
+        weights: optional, shape (...) (the loss's), >= 0, multiplied into the loss.
 
     Returns:
-        Loss of shape (...). Targets and predictions of different runtime shapes give NaN inside
+        Loss of shape (...), the class axis removed. Targets and predictions of different runtime shapes give NaN inside
         graphs rather than a silently broadcast number.
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
     targets = _targets(targets, y_pred)
+    axis = params.class_axis(axis, y_pred.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    weights = _weights(weights, _without(y_pred.shape, axis), y_pred.dtype)
+    y_pred, targets = classes_last(y_pred, axis), classes_last(targets, axis)
     num_classes = y_pred.shape[-1]
     gamma = _per_class_value("gamma", gamma, num_classes, y_pred.dtype)
     weight = _class_weight(alpha, class_weight, num_classes, y_pred.dtype)
@@ -127,7 +166,16 @@ def softmax_focal_loss(
     log_p = softmax_log_probs(y_pred, from_logits=from_logits, epsilon=epsilon)
     per_class = _focal_term(-log_p * targets, 1.0 - tf.exp(log_p), gamma, weight)
     per_class = tf.where(valid, per_class, tf.constant(np.nan, per_class.dtype))  # a NaN branch: a real Where in ONNX
-    return tf.cast(reduce_classes(tf.reduce_sum, per_class), out_dtype)
+    loss = reduce_classes(tf.reduce_sum, per_class)
+    if poly_epsilon:
+        # p_t = sum_c y_c p_c, and the focusing exponent the targets' mix of the classes' gammas
+        # (the label's gamma for one-hot targets, as in the sparse variant)
+        one_minus_p_t = 1.0 - reduce_classes(tf.reduce_sum, targets * tf.exp(log_p))
+        gamma_t = gamma if isinstance(gamma, float) else reduce_classes(tf.reduce_sum, targets * gamma)
+        loss = loss + _poly_term(one_minus_p_t, gamma_t, poly_epsilon)
+    if weights is not None:
+        loss = _weighted(loss, weights)
+    return tf.cast(loss, out_dtype)
 
 
 def sigmoid_focal_loss(
@@ -141,6 +189,11 @@ def sigmoid_focal_loss(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     epsilon: float = params.KERAS_EPSILON,
+    axis: int = -1,
+    poly_epsilon: float = 0.0,
+    gamma_negative=None,
+    probability_margin: float = 0.0,
+    weights=None,
 ) -> tf.Tensor:
     """Sigmoid (multi-label) focal loss: every class an independent binary problem.
 
@@ -166,17 +219,40 @@ def sigmoid_focal_loss(
             prediction there (NaN and inf included); reductions leave them out (`positive_targets`,
             `focal_graph.reduction.reductions`).
         epsilon: probability clip, used only when ``from_logits=False``.
+        axis: the class axis of the predictions (default -1; 1 for channels-first (N, C, H, W));
+            any axis but the first, the batch. Moved last inside the graph (a transpose).
+        poly_epsilon: Poly-1's epsilon >= -1 (Leng et al., "PolyLoss", ICLR 2022): adds
+            ``epsilon * (1 - p_t)**(gamma_t + 1)``, not weighted by alpha or the class weights.
+            The loss stays >= 0 for epsilon >= -w, w the weight of the position's focal term,
+            since ``FL >= w (1 - p_t)**(gamma + 1)``: for epsilon >= -1 when w >= 1.
+        gamma_negative: the asymmetric loss's focusing of negatives (Ridnik et al., ICCV 2021),
+            >= 0, scalar or per class; None means ``gamma``. With it or ``probability_margin``
+            set, the loss is ``y a+ w (1 - p)**gamma (-log p) + (1 - y) a- w p_m**gamma_negative
+            (-log(1 - p_m))`` with ``p_m = max(p - probability_margin, 0)``, ``a+ = alpha``,
+            ``a- = 1 - alpha`` (see `_asymmetric_sigmoid`); the defaults give the loss above exactly.
+        probability_margin: m in [0, 1), the asymmetric loss's probability shift of negatives.
+        weights: optional, shape (..., C) (the loss's, in the predictions' layout), >= 0,
+            multiplied into the loss.
 
     Returns:
-        Loss of shape (..., C), one value per class (Keras's BinaryFocalCrossentropy is its mean
-        over the last axis), the dtype of ``y_pred``. A target outside [0, 1] or NaN that is not
-        ``ignore_index`` gives NaN at its position inside graphs; called eagerly, it raises
-        ValueError naming the value. Targets and predictions of different runtime shapes give NaN.
+        Loss of shape (..., C) in the predictions' layout, one value per class (Keras's
+        BinaryFocalCrossentropy is its mean over the last axis), the dtype of ``y_pred``. A target
+        outside [0, 1] or NaN that is not ``ignore_index`` gives NaN at its position inside
+        graphs; called eagerly, it raises ValueError naming the value. Targets and predictions of
+        different runtime shapes give NaN.
     """
     y_pred, out_dtype = predictions_in_compute_dtype("y_pred", y_pred)
     targets = _targets(targets, y_pred)
+    axis = params.class_axis(axis, y_pred.shape.rank)
+    poly_epsilon = params.poly_epsilon(poly_epsilon)
+    weights = _weights(weights, y_pred.shape, y_pred.dtype)
+    y_pred, targets = classes_last(y_pred, axis), classes_last(targets, axis)
+    weights = None if weights is None else classes_last(weights, axis)
     num_classes = y_pred.shape[-1]
     gamma_values = params.per_class("gamma", gamma, num_classes=num_classes)
+    gamma_negative_values = gamma_values if gamma_negative is None else params.per_class(
+        "gamma_negative", gamma_negative, num_classes=num_classes)
+    probability_margin = params.probability_margin(probability_margin)
     gamma = _per_class_value("gamma", gamma_values, num_classes, y_pred.dtype)
     if alpha is not None:
         alpha = np.asarray(params.per_class("alpha", alpha, num_classes=num_classes, high=1.0))
@@ -194,6 +270,14 @@ def sigmoid_focal_loss(
     valid = _valid_targets(targets, y_pred)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if gamma_negative_values != gamma_values or probability_margin:
+        loss, one_minus_p_t = _asymmetric_sigmoid(
+            targets, y_pred, gamma_values, gamma_negative_values, probability_margin, alpha, class_weight,
+            from_logits=from_logits, epsilon=epsilon)
+        if poly_epsilon:
+            loss = loss + _poly_term(one_minus_p_t, gamma, poly_epsilon)
+        loss = tf.where(valid, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
+        return _sigmoid_output(loss, weights, axis, out_dtype, ignored)
     terms = sigmoid_focal_terms(targets, y_pred, from_logits=from_logits, epsilon=epsilon)
     weight = class_weight
     if alpha is not None:
@@ -203,10 +287,125 @@ def sigmoid_focal_loss(
     # gamma >= 1 the floor in _focal_term has nothing to guard, and the graph is one pass shorter.
     floor = bool(np.min(gamma_values) < 1.0)
     loss = _focal_term(terms.cross_entropy, terms.one_minus_p_t, gamma, weight, floor=floor)
+    if poly_epsilon:
+        loss = loss + _poly_term(terms.one_minus_p_t, gamma, poly_epsilon)
     loss = tf.where(valid, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
+    return _sigmoid_output(loss, weights, axis, out_dtype, ignored)
+
+
+def _sigmoid_output(loss, weights, axis: int, out_dtype, ignored=None):
+    """The per-class loss (..., C): 0 at ``ignored`` elements (even where the logits are not
+    finite), weighted, in the caller's layout and dtype."""
     if ignored is not None:
-        loss = _where_exact(ignored, tf.zeros_like(loss), loss)  # 0 even where the logits are not finite
-    return tf.cast(loss, out_dtype)
+        loss = _where_exact(ignored, tf.zeros_like(loss), loss)
+    if weights is not None:
+        loss = _weighted(loss, weights)
+    return tf.cast(classes_back(loss, axis), out_dtype)
+
+
+def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, alpha, class_weight, *,
+                        from_logits: bool, epsilon: float):
+    """The asymmetric loss (Ridnik et al., "Asymmetric Loss for Multi-Label Classification", ICCV
+    2021) and ``1 - p_t``, both (..., C), for ``gamma``, ``gamma_negative`` canonical per-class values,
+    ``alpha`` a canonical array or None and ``class_weight`` a `_class_weight` constant or None::
+
+        loss = y a_+ w (1 - p)**gamma (-log p) + (1 - y) a_- w p_m**gamma_negative (-log(1 - p_m))
+
+    with ``p_m = max(p - margin, 0)``, ``a_+ = alpha``, ``a_- = 1 - alpha`` (1 and 1 without
+    alpha) and ``w`` the class weight. For binary targets it is the paper's L+ and L-.
+
+    Numerics: ``-log p``, ``1 - p``, ``-log(1 - p)`` and ``p`` are `sigmoid_focal_terms` at targets
+    1 and 0, exact from logits; without a margin nothing else is computed. ``p - margin`` is
+    exact where p is close to the margin (Sterbenz), so ``p_m`` carries only p's own rounding,
+    amplified by ``p / p_m`` just above the margin (the problem's own condition). ``-log(1 - p_m)``
+    is ``((v - 1) + p_m) - log(v)`` with ``v = 1 - p_m`` rounded: the first term is that
+    rounding's error (``v - 1`` is exact for v in [1/2, 1]), which ``-log(v)`` alone would lose
+    (it is 0 for p_m below 6e-8; there is no Log1p in ONNX). Against float64 over logits -80..80,
+    the relative error is within 8e-7 without a margin and within that condition's bound with
+    one (tests/test_options.py).
+    """
+    positive = sigmoid_focal_terms(tf.ones_like(targets), y_pred, from_logits=from_logits, epsilon=epsilon)
+    negative = sigmoid_focal_terms(tf.zeros_like(targets), y_pred, from_logits=from_logits, epsilon=epsilon)
+    probability = negative.one_minus_p_t
+    if margin:
+        shifted = tf.maximum(probability - margin, 0.0)
+        kept = 1.0 - shifted
+        negative_cross_entropy = ((kept - 1.0) + shifted) - tf.math.log(kept)
+    else:
+        shifted, negative_cross_entropy = probability, negative.cross_entropy
+    dtype = y_pred.dtype
+    num_classes = y_pred.shape[-1]
+    floor = bool(np.min(gamma) < 1.0)
+    positive_loss = _focal_term(positive.cross_entropy, positive.one_minus_p_t,
+                                _per_class_value("gamma", gamma, num_classes, dtype), None, floor=floor)
+    # p_m is 0 below the margin: the floor keeps p_m**gamma_negative's derivative finite there
+    negative_loss = _focal_term(negative_cross_entropy, shifted,
+                                _per_class_value("gamma_negative", gamma_negative, num_classes, dtype), None)
+    if alpha is not None:  # the caller's canonical array, scalar or (C,)
+        positive_loss = positive_loss * (float(alpha) if alpha.ndim == 0 else tf.constant(alpha, dtype))
+        negative_loss = negative_loss * (float(1.0 - alpha) if alpha.ndim == 0 else tf.constant(1.0 - alpha, dtype))
+    loss = targets * positive_loss + (1.0 - targets) * negative_loss
+    if class_weight is not None:  # the caller's constant (`_class_weight`)
+        loss = loss * class_weight
+    one_minus_p_t = targets * positive.one_minus_p_t + (1.0 - targets) * probability
+    return loss, one_minus_p_t
+
+
+def _poly_term(one_minus_p_t, gamma, poly_epsilon: float):
+    """Poly-1's added term ``epsilon * (1 - p_t)**(gamma + 1)`` (Leng et al., "PolyLoss", ICLR 2022),
+    not multiplied by alpha or the class weights, as in the paper's own code. ``1 - p_t`` is
+    floored at 0: a rounded ``1 - exp(log p_t)`` can be -6e-8, and the exponent is >= 1, so the
+    floor keeps the value and the gradient finite."""
+    return poly_epsilon * tf.pow(tf.maximum(one_minus_p_t, 0.0), gamma + 1.0)
+
+
+def classes_last(tensor: tf.Tensor, axis: int) -> tf.Tensor:
+    """``tensor`` with its (non-negative) axis ``axis`` moved to the end; unchanged when it is there."""
+    rank = tensor.shape.rank
+    if axis == rank - 1:
+        return tensor
+    return tf.transpose(tensor, [i for i in range(rank) if i != axis] + [axis])
+
+
+def classes_back(tensor: tf.Tensor, axis: int) -> tf.Tensor:
+    """The inverse of `classes_last`: the last axis moved back to ``axis``."""
+    rank = tensor.shape.rank
+    if axis == rank - 1:
+        return tensor
+    return tf.transpose(tensor, list(range(axis)) + [rank - 1] + list(range(axis, rank - 1)))
+
+
+def _without(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
+    return tf.TensorShape(shape[:axis]).concatenate(shape[axis + 1:])
+
+
+def _weights(weights, expected: tf.TensorShape, dtype):
+    """``weights`` as a float tensor of the unreduced loss's shape ``expected`` (the caller's
+    layout), or None. Called eagerly, a negative or NaN weight raises a ValueError naming it
+    (inside graphs it gives NaN there, see `_weighted`)."""
+    if weights is None:
+        return None
+    weights = tf.convert_to_tensor(weights)
+    if not (weights.dtype.is_floating or weights.dtype.is_integer):
+        raise ValueError(f"weights: expected numbers, got dtype {weights.dtype.name}")
+    if weights.shape.rank != expected.rank or not weights.shape.is_compatible_with(expected):
+        raise ValueError(f"weights: expected the unreduced loss's shape {expected}, got {weights.shape}")
+    weights = tf.cast(weights, dtype)
+    if tf.executing_eagerly():
+        values = weights.numpy()
+        bad = np.argwhere(~(values >= 0))
+        if bad.size:
+            first = tuple(int(i) for i in bad[0])
+            raise ValueError(f"weights: {float(values[first])!r} at index {first} is not a weight >= 0")
+    return weights
+
+
+def _weighted(loss, weights):
+    """``weights * loss``: NaN where a weight is negative or NaN, and everywhere when the runtime
+    shapes differ (they would otherwise broadcast). A weight of 0 gives 0 where the loss is finite;
+    a NaN loss (an invalid label) stays NaN."""
+    loss = loss * weights * _same_shape_guard(weights, loss)
+    return tf.where(weights >= 0.0, loss, tf.constant(np.nan, loss.dtype))  # a NaN branch: a real Where in ONNX
 
 
 def ignored_targets(targets, ignore_index) -> tf.Tensor:
@@ -260,6 +459,7 @@ def _alpha_t(alpha: np.ndarray, targets: tf.Tensor, negatives: tf.Tensor) -> tf.
 
 def predictions_in_compute_dtype(name: str, y_pred):
     """Predictions as a float tensor of rank >= 2 in the dtype to compute in, and their own dtype.
+    The class axis is wherever the caller's ``axis`` says (`classes_last` moves it).
 
     16-bit predictions are computed in float32: (1 - p)**gamma and log p lose most of their
     digits in float16, and float16's range ends at 65504.
@@ -269,7 +469,7 @@ def predictions_in_compute_dtype(name: str, y_pred):
         raise ValueError(f"{name}: expected floating-point predictions, got dtype {y_pred.dtype.name}")
     if y_pred.shape.rank is None or y_pred.shape.rank < 2:
         raise ValueError(
-            f"{name}: expected rank >= 2 with the class axis last, got shape {y_pred.shape}"
+            f"{name}: expected rank >= 2 (a batch axis and a class axis), got shape {y_pred.shape}"
         )
     out_dtype = y_pred.dtype
     if out_dtype in (tf.float16, tf.bfloat16):

@@ -2,56 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from typing import Callable
 
 import tensorflow as tf
 
-from focal_graph import presets
-from focal_graph.focal import (
-    ignored_targets,
-    positive_targets,
-    sigmoid_focal_loss,
-    softmax_focal_loss,
-    sparse_softmax_focal_loss,
-)
+from focal_graph import catalogue
+from focal_graph.focal import ignored_targets, positive_targets
 from focal_graph.reduction import reduce_loss, reductions
 from focal_graph.spec import FocalSpec
 from focal_graph.weights import class_weights
 
 
-@dataclass(frozen=True)
-class _Loss:
-    function: Callable
-    arguments: tuple[str, ...]  # FocalSpec fields passed through by name
-    sparse: bool  # integer labels (..., ) rather than targets (..., C)
-
-
-_COMMON = ("gamma", "alpha", "class_weight", "from_logits", "epsilon")
-LOSSES = {
-    ("variant", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, _COMMON + ("ignore_index",), sparse=True),
-    ("variant", "softmax"): _Loss(softmax_focal_loss, _COMMON + ("label_smoothing",), sparse=False),
-    ("variant", "sigmoid"): _Loss(sigmoid_focal_loss, _COMMON + ("label_smoothing", "ignore_index"), sparse=False),
-    ("preset", "multilabel_lsr"): _Loss(
-        presets.multilabel_lsr_loss, ("gamma", "class_weight", "label_smoothing", "epsilon"), sparse=False
-    ),
-    ("preset", "multi_category"): _Loss(presets.multi_category_loss, ("gamma", "class_weight", "epsilon"), sparse=False),
-    ("preset", "sparse_softmax"): _Loss(sparse_softmax_focal_loss, ("gamma", "alpha"), sparse=True),
-}
+def loss_function(kind: tuple[str, str]) -> Callable:
+    """The TensorFlow function the catalogue names for ``kind`` (`focal_graph.catalogue`)."""
+    module, name = catalogue.KINDS[kind].function.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class SpecLoss:
     """``loss(y_true, y_pred)`` for a spec: its loss function, then its reduction.
 
-    ``y_true`` is integer labels (...) for sparse losses, targets (..., C) otherwise. A mean
-    leaves ``ignore_index`` positions out of its denominator.
+    ``y_true`` is integer labels (...) for sparse losses, targets (..., C) otherwise (the class
+    axis where the spec's ``axis`` puts it). A mean leaves ``ignore_index`` positions out of its
+    denominator. A weighted spec's loss takes ``weights`` (the unreduced loss's shape) too, and its
+    mean is ``sum(w loss) / sum(w)``.
     """
 
     def __init__(self, spec: FocalSpec):
         self.spec = spec
-        self._loss = LOSSES[spec.kind]
+        self._function = loss_function(spec.kind)
         # Fields that do not apply stay None in the spec; the function's own default then holds.
-        arguments = {name: getattr(spec, name) for name in self._loss.arguments if getattr(spec, name) is not None}
+        arguments = {name: getattr(spec, name) for name in spec.record.arguments if getattr(spec, name) is not None}
         if spec.class_counts is not None:
             # presets leave weighting unset: the seeds' inverse frequency; beta is set only (and
             # always) with effective_number
@@ -62,10 +44,15 @@ class SpecLoss:
 
     @property
     def sparse(self) -> bool:
-        return self._loss.sparse
+        return self.spec.sparse
 
-    def unreduced(self, y_true, y_pred) -> tf.Tensor:
-        return self._loss.function(y_true, y_pred, **self.arguments)
+    def unreduced(self, y_true, y_pred, weights=None) -> tf.Tensor:
+        if (weights is not None) != bool(self.spec.weighted):
+            raise ValueError("weights: " + ("the spec is weighted; pass weights of the loss's shape" if weights is None
+                                            else "the spec is not weighted (weighted=True takes them)"))
+        if weights is not None:
+            return self._function(y_true, y_pred, weights=weights, **self.arguments)
+        return self._function(y_true, y_pred, **self.arguments)
 
     def mask(self, y_true):
         """The positions that count (None: all of them): labels (sparse) or targets (sigmoid)
@@ -83,11 +70,12 @@ class SpecLoss:
             return None
         return positive_targets(y_true, self.spec.ignore_index)
 
-    def __call__(self, y_true, y_pred) -> tf.Tensor:
-        return reduce_loss(self.unreduced(y_true, y_pred), self.spec.reduction, self.mask(y_true),
-                           self.positives(y_true))
+    def __call__(self, y_true, y_pred, weights=None) -> tf.Tensor:
+        loss = self.unreduced(y_true, y_pred, weights)
+        return reduce_loss(loss, self.spec.reduction, self.mask(y_true), weights=weights,
+                           positives=self.positives(y_true))
 
-    def forms(self, y_true, y_pred) -> dict[str, tf.Tensor]:
+    def forms(self, y_true, y_pred, weights=None) -> dict[str, tf.Tensor]:
         """Every form of the loss from one evaluation, whatever the spec's own ``reduction``:
 
         - ``loss``: unreduced, the shape the loss function returns;
@@ -100,28 +88,36 @@ class SpecLoss:
         The reduced forms are float32 for 16-bit losses (`focal_graph.reduction.reductions`).
         """
         y_pred = tf.convert_to_tensor(y_pred)
-        masks = (self.mask(y_true), self.positives(y_true))
+        counted = dict(mask=self.mask(y_true), weights=weights, positives=self.positives(y_true))
         if y_pred.dtype in (tf.float16, tf.bfloat16):
             # Reduce the float32 loss the functions compute anyway, before its cast back to 16
             # bits: a float16 loss below 6e-8 is 0, and its sum over 40000 x 100 overflows.
-            loss = self.unreduced(y_true, tf.cast(y_pred, tf.float32))
-            return {"loss": tf.cast(loss, y_pred.dtype), **reductions(loss, *masks)}
-        loss = self.unreduced(y_true, y_pred)
-        return {"loss": loss, **reductions(loss, *masks)}
+            loss = self.unreduced(y_true, tf.cast(y_pred, tf.float32), weights)
+            return {"loss": tf.cast(loss, y_pred.dtype), **reductions(loss, **counted)}
+        loss = self.unreduced(y_true, y_pred, weights)
+        return {"loss": loss, **reductions(loss, **counted)}
 
     def __repr__(self) -> str:
         return f"SpecLoss({self.spec!r})"
 
 
-def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-    """``(labels | targets, logits | probabilities)``: every dimension None but a fixed C."""
-    batch = [None] * (spec.rank - 1)
+def input_signature(spec: FocalSpec) -> tuple[tf.TensorSpec, ...]:
+    """``(labels | targets, logits | probabilities[, weights])``: every dimension None but a fixed
+    C, which sits at the spec's class axis. ``weights`` has the unreduced loss's shape."""
+    shape = [None] * spec.rank
+    shape[spec.class_axis] = spec.num_classes
+    without_classes = shape[:spec.class_axis] + shape[spec.class_axis + 1:]
     dtype = tf.as_dtype(spec.dtype)
     true_name, prediction_name = spec.input_names
-    predictions = tf.TensorSpec(batch + [spec.num_classes], dtype, name=prediction_name)
+    predictions = tf.TensorSpec(shape, dtype, name=prediction_name)
     if spec.sparse:
-        return tf.TensorSpec(batch, tf.int64, name=true_name), predictions
-    return tf.TensorSpec(batch + [spec.num_classes], dtype, name=true_name), predictions
+        signature = (tf.TensorSpec(without_classes, tf.int64, name=true_name), predictions)
+    else:
+        signature = (tf.TensorSpec(shape, dtype, name=true_name), predictions)
+    if spec.weighted:
+        loss_shape = shape if spec.loss_shape == "classes" else without_classes
+        signature += (tf.TensorSpec(loss_shape, dtype, name=catalogue.WEIGHTS),)
+    return signature
 
 
 def build_graph(spec: FocalSpec) -> tf.types.experimental.PolymorphicFunction:

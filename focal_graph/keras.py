@@ -27,8 +27,8 @@ except ModuleNotFoundError as error:  # the base install has no TensorFlow: say 
 from keras.src.backend import set_keras_mask
 
 from focal_graph import presets
-from focal_graph.focal import ignored_targets, positive_targets, sigmoid_focal_loss, softmax_focal_loss, sparse_softmax_focal_loss
-from focal_graph.graph import SpecLoss
+from focal_graph.focal import ignored_targets, positive_targets
+from focal_graph.graph import SpecLoss, loss_function
 from focal_graph.keras_specs import keras_dtype_field, spec_reduction
 from focal_graph.params import KERAS_EPSILON, sigmoid_ignore_index
 from focal_graph.reduction import NORMALIZED_REDUCTIONS, normalized_sample_terms
@@ -38,15 +38,19 @@ _PACKAGE = "focal_graph"
 
 
 class _FocalLoss(keras.losses.Loss):
-    """Stores the loss's keyword arguments; `get_config` returns them, `spec` their `FocalSpec`."""
+    """Stores the loss's keyword arguments; `get_config` returns them, `spec` their `FocalSpec`. A
+    variant's class names its catalogue kind (``KIND``) and calls the function the catalogue
+    names for it; the presets override `spec`."""
 
-    # The FocalSpec variant whose fields are this class's arguments; the presets override `spec`.
-    variant: str | None = None
+    KIND: tuple[str, str] | None = None
 
     def __init__(self, arguments: dict, *, reduction, name, dtype):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         # get_config must be JSON: per-class values as plain lists of numbers.
         self.arguments = {key: _plain(value) for key, value in arguments.items()}
+
+    def _variant_loss(self, y_true, y_pred):
+        return loss_function(self.KIND)(y_true, y_pred, **self.arguments)
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self.arguments}
@@ -58,7 +62,7 @@ class _FocalLoss(keras.losses.Loss):
         fields = {name: value for name, value in self.arguments.items() if value is not None}
         if fields.get("from_logits", True):
             fields.pop("epsilon", None)  # the stored default clip; logits are never clipped
-        return FocalSpec(variant=self.variant, **fields, **self.keras_spec_fields())
+        return FocalSpec(**{self.KIND[0]: self.KIND[1]}, **fields, **self.keras_spec_fields())
 
     def keras_spec_fields(self) -> dict:
         """What Keras adds to the loss's arguments: its reduction as the spec's (Keras's default
@@ -103,19 +107,21 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
     (`focal_graph.presets.sparse_softmax`): Keras's mean reduction gives the seed's scalar.
     """
 
-    variant = "sparse_softmax"
+    KIND = ("variant", "sparse_softmax")
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, ignore_index=None,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="sparse_softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0, reduction="sum_over_batch_size",
+                 name="sparse_softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         ignore_index=ignore_index, epsilon=epsilon)
+                         ignore_index=ignore_index, epsilon=epsilon, axis=axis, poly_epsilon=poly_epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
-        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == 1:
-            y_true = tf.squeeze(y_true, axis=-1)
-        loss = sparse_softmax_focal_loss(y_true, y_pred, **self.arguments)
+        class_axis = self.arguments["axis"] % y_pred.shape.rank
+        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[class_axis] == 1:
+            y_true = tf.squeeze(y_true, axis=class_axis)  # labels (N, 1) or (N, 1, H, W) as Keras passes them
+        loss = self._variant_loss(y_true, y_pred)
         ignore_index = self.arguments["ignore_index"]
         if ignore_index is not None:
             set_keras_mask(loss, tf.not_equal(y_true, tf.cast(ignore_index, y_true.dtype)))
@@ -126,17 +132,18 @@ class SparseSoftmaxFocalLoss(_FocalLoss):
 class SoftmaxFocalLoss(_FocalLoss):
     """`focal_graph.softmax_focal_loss` as a Keras loss (one-hot or soft targets)."""
 
-    variant = "softmax"
+    KIND = ("variant", "softmax")
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 epsilon=KERAS_EPSILON, reduction="sum_over_batch_size", name="softmax_focal_loss", dtype=None):
+                 epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0, reduction="sum_over_batch_size",
+                 name="softmax_focal_loss", dtype=None):
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         label_smoothing=label_smoothing, epsilon=epsilon)
+                         label_smoothing=label_smoothing, epsilon=epsilon, axis=axis, poly_epsilon=poly_epsilon)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Softmax", self.name)
-        return softmax_focal_loss(y_true, y_pred, **self.arguments)
+        return self._variant_loss(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -157,10 +164,11 @@ class SigmoidFocalLoss(_FocalLoss):
     ``per_sample_normalized`` (the per-sample values themselves).
     """
 
-    variant = "sigmoid"
+    KIND = ("variant", "sigmoid")
 
     def __init__(self, gamma=2.0, alpha=None, class_weight=None, from_logits=True, label_smoothing=0.0,
-                 ignore_index=None, normalization=None, epsilon=KERAS_EPSILON, reduction="sum_over_batch_size",
+                 ignore_index=None, normalization=None, epsilon=KERAS_EPSILON, axis=-1, poly_epsilon=0.0,
+                 gamma_negative=None, probability_margin=0.0, reduction="sum_over_batch_size",
                  name="sigmoid_focal_loss", dtype=None):
         sigmoid_ignore_index(ignore_index)
         if normalization is not None:
@@ -172,13 +180,15 @@ class SigmoidFocalLoss(_FocalLoss):
                 raise ValueError(f"reduction: normalization={normalization!r} is Keras's mean of per-sample terms; "
                                  f"expected reduction {' or '.join(map(repr, allowed))}, got {reduction!r}")
         arguments = dict(gamma=gamma, alpha=alpha, class_weight=class_weight, from_logits=from_logits,
-                         label_smoothing=label_smoothing, ignore_index=ignore_index, epsilon=epsilon)
+                         label_smoothing=label_smoothing, ignore_index=ignore_index, epsilon=epsilon, axis=axis,
+                         poly_epsilon=poly_epsilon, gamma_negative=gamma_negative,
+                         probability_margin=probability_margin)
         super().__init__(arguments, reduction=reduction, name=name, dtype=dtype)
         self.normalization = normalization
 
     def call(self, y_true, y_pred):
         warn_if_activated(y_pred, self.arguments["from_logits"], "Sigmoid", self.name)
-        loss = sigmoid_focal_loss(y_true, y_pred, **self.arguments)
+        loss = self._variant_loss(y_true, y_pred)
         ignore_index = self.arguments["ignore_index"]
         if self.normalization is not None:
             return normalized_sample_terms(loss, positive_targets(y_true, ignore_index), self.normalization)
@@ -223,9 +233,10 @@ class _PresetLoss(_FocalLoss):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultilabelLSRFocalLoss(_PresetLoss):
-    """Seed 000 (`focal_graph.presets.multilabel_lsr`): per-sample loss, shape (N,)."""
+    """Seed 000 (`focal_graph.presets.multilabel_lsr`): per-sample loss, shape (N,). ``epsilon``
+    None is the seed's own LSR weight (`focal_graph.catalogue.SEED_000_LSR_WEIGHT`)."""
 
-    def __init__(self, class_counts, gamma=2.0, epsilon=0.1, reduction="sum_over_batch_size",
+    def __init__(self, class_counts, gamma=2.0, epsilon=None, reduction="sum_over_batch_size",
                  name="multilabel_lsr_focal_loss", dtype=None):
         preset = presets.multilabel_lsr(class_counts, gamma=gamma, epsilon=epsilon)
         arguments = dict(class_counts=class_counts, gamma=gamma, epsilon=epsilon)
@@ -249,4 +260,6 @@ class FocalSpecLoss(_PresetLoss):
 
     def __init__(self, spec, reduction="sum_over_batch_size", name="focal_spec_loss", dtype=None):
         spec = spec if isinstance(spec, FocalSpec) else FocalSpec.from_dict(spec)
+        if spec.weighted:  # Keras's call has no third input: its sample_weight is the way
+            raise ValueError("weighted: a Keras loss takes its weights as sample_weight; give an unweighted spec")
         super().__init__(SpecLoss(spec), dict(spec=spec.to_dict()), reduction=reduction, name=name, dtype=dtype)

@@ -12,7 +12,6 @@ and the reduction table can be read without TensorFlow.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 from focal_graph import params
@@ -77,7 +76,8 @@ def spec_from_keras(loss) -> FocalSpec:
       On a sigmoid activation's output Keras takes the cross-entropy from the activation's logits
       instead, unclipped; a loss object cannot see that (``export --keras`` sees the model and
       warns, `export.keras_model`).
-    - ``axis``: only -1 (the class axis last) translates, until `FocalSpec` has an ``axis`` field.
+    - ``axis``: the spec's ``axis`` (1 for channels-first); the spec's rank is 2 until a model's
+      output gives it (``export --keras``), so an ``axis`` k beyond 1 gives rank k + 1.
     - ``dtype``: a loss computing in float64 (or float16) gives a spec of that dtype
       (`keras_dtype_field`). ``name`` is not part of the loss.
 
@@ -119,13 +119,10 @@ def spec_from_keras(loss) -> FocalSpec:
 def _shared_fields(config: dict, name: str, epsilon: float) -> dict:
     """The arguments both Keras focal losses have, as FocalSpec fields."""
     axis = config["axis"]
-    field_names = {field.name for field in dataclasses.fields(FocalSpec)}
-    fields = dict(gamma=config["gamma"], from_logits=config["from_logits"], label_smoothing=config["label_smoothing"])
-    if "axis" in field_names:
-        fields["axis"] = axis
-    elif axis != -1:
-        raise ValueError(f"axis: {name}(axis={params.shown(axis)}) does not translate; a FocalSpec's class axis is "
-                         "the last one (axis=-1)")
+    fields = dict(gamma=config["gamma"], from_logits=config["from_logits"], label_smoothing=config["label_smoothing"],
+                  axis=axis)
+    if isinstance(axis, int) and axis > 1:
+        fields["rank"] = axis + 1  # the least rank with that axis; a model's output sets the real one
     if not config["from_logits"]:
         fields["epsilon"] = epsilon  # Keras reads its backend epsilon when it computes the loss
     return fields

@@ -159,6 +159,32 @@ def sigmoid_ignore_index(value) -> int | None:
     return value
 
 
+def class_axis(value, rank: int) -> int:
+    """The class axis of rank-``rank`` predictions as a non-negative index: any axis but the
+    first, which is the batch (``per_sample`` sums each sample over the other axes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"axis: expected an integer, got {shown(value)}")
+    if not (1 <= value < rank or -rank < value <= -1):
+        raise ValueError(f"axis: expected the class axis of rank-{rank} predictions, 1 to {rank - 1} or "
+                         f"-{rank - 1} to -1 (axis 0 is the batch), got {shown(value)}")
+    return int(value) % rank
+
+
+def poly_epsilon(value) -> float:
+    """Poly-1's epsilon (Leng et al., ICLR 2022): at least -1, where the loss stays >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"poly_epsilon: expected a number >= -1, got {shown(value)}")
+    if not math.isfinite(float(value)) or value < -1 or abs(value) > FLOAT32_MAX:
+        raise ValueError(f"poly_epsilon: expected a finite number >= -1 (below, the loss can turn negative), "
+                         f"got {shown(value)}")
+    return float(value)
+
+
+def probability_margin(value) -> float:
+    """The asymmetric loss's probability margin (Ridnik et al., ICCV 2021), in [0, 1)."""
+    return unit_float("probability_margin", value, open_high=True)
+
+
 def vector_length(value: PerClass | Sequence[float] | None) -> int | None:
     return len(value) if isinstance(value, tuple) else None
 

@@ -1,4 +1,5 @@
-"""Presets: the three seed snippets' math, as compositions of the variant functions.
+"""Presets: the three seed snippets, as specs (their math, compositions of the variant functions,
+is in `focal_graph.compositions`).
 
 Each constructor returns a `SpecLoss`: a callable ``loss(y_true, y_pred)`` like the seeds' inner
 functions, with a ``.spec`` (a `FocalSpec`) that `build_graph` and the exporter take.
@@ -7,14 +8,11 @@ functions, with a ``.spec`` (a `FocalSpec`) that `build_graph` and the exporter 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from focal_graph.params import KERAS_EPSILON  # K.epsilon() inside seed 000's K.categorical_crossentropy
-from focal_graph.focal import predictions_in_compute_dtype, sigmoid_focal_loss, softmax_focal_loss
-from focal_graph.reduction import reduce_classes
+from focal_graph.graph import SpecLoss
 from focal_graph.spec import FocalSpec
 
-def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
+def multilabel_lsr(class_counts, gamma=2.0, epsilon=None):
     """Seed 000: multi-label focal loss on probabilities, class weights from counts, plus LSR.
 
     Per sample n (the vector the seed's Keras loss returns before Keras averages it), with
@@ -26,8 +24,9 @@ def multilabel_lsr(class_counts, gamma=2.0, epsilon=0.1):
     Args:
         class_counts: training samples per class, shape (C,).
         gamma: focusing parameter.
-        epsilon: weight ``e`` of the label-smoothing-regularisation (LSR) term; the seed's ``e``.
-            Stored in the spec as ``label_smoothing``, which is what it is.
+        epsilon: weight ``e`` of the label-smoothing-regularisation (LSR) term; the seed's ``e``
+            (None: the seed's own, `focal_graph.catalogue.SEED_000_LSR_WEIGHT`). Stored in the
+            spec as ``label_smoothing``, which is what it is.
 
     Fixed from the seed: it reduces the focal term over the whole batch (``tf.reduce_mean`` with
     no axis) before adding the per-sample LSR term, so every sample carried the batch's focal
@@ -77,33 +76,10 @@ def sparse_softmax(alpha, gamma=2.0):
     return _spec_loss(FocalSpec(preset="sparse_softmax", alpha=alpha, gamma=gamma))
 
 
-def multilabel_lsr_loss(targets, probabilities, *, gamma, class_weight, label_smoothing, epsilon):
-    """The composition behind `multilabel_lsr`; shape (...)."""
-    probabilities, out_dtype = predictions_in_compute_dtype("probabilities", probabilities)
-    focal = sigmoid_focal_loss(
-        targets, probabilities, gamma=gamma, alpha=1.0, class_weight=class_weight, from_logits=False, epsilon=epsilon
-    )
-    uniform = tf.ones_like(probabilities) / tf.cast(tf.shape(probabilities)[-1], probabilities.dtype)
-    smoothing = softmax_focal_loss(uniform, probabilities, gamma=0.0, from_logits=False, epsilon=KERAS_EPSILON)
-    loss = (1.0 - label_smoothing) * reduce_classes(tf.reduce_mean, focal) + label_smoothing * smoothing
-    return tf.cast(loss, out_dtype)
-
-
-def multi_category_loss(targets, probabilities, *, gamma, class_weight, epsilon):
-    """The composition behind `multi_category`; shape (..., 1)."""
-    probabilities, out_dtype = predictions_in_compute_dtype("probabilities", probabilities)
-    focal = sigmoid_focal_loss(
-        targets, probabilities, gamma=gamma, class_weight=class_weight, from_logits=False, epsilon=epsilon
-    )
-    return tf.cast(reduce_classes(tf.reduce_sum, focal, keepdims=True), out_dtype)
-
-
 def _counts(class_counts):
     values = np.asarray(class_counts)
     return tuple(values.tolist()) if values.ndim == 1 else class_counts
 
 
 def _spec_loss(spec):
-    from focal_graph.graph import SpecLoss  # graph.py's table names this module's compositions
-
     return SpecLoss(spec)

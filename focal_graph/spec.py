@@ -14,49 +14,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from focal_graph import params
+from focal_graph import catalogue, params
 from focal_graph.weights import WEIGHTINGS, check_beta, check_class_counts, class_weights
 
-VARIANTS = ("sparse_softmax", "softmax", "sigmoid")
-PRESETS = ("multilabel_lsr", "multi_category", "sparse_softmax")
-# Losses whose predictions are per-class independent probabilities (sigmoid), not one softmax.
-MULTI_LABEL = {("variant", "sigmoid"), ("preset", "multilabel_lsr"), ("preset", "multi_category")}
-# Losses whose artifacts also carry RetinaNet's normalisation by positives (``normalized``,
-# ``per_sample_normalized``): the element-wise sigmoid loss, one loss per anchor and class. The
-# multi-label presets return one loss per sample (the seeds' own reductions inside), where a
-# count of positive anchors has nothing to divide; softmax losses have no positive targets.
-NORMALIZED_BY_POSITIVES = {("variant", "sigmoid")}
+VARIANTS = catalogue.names("variant")
+PRESETS = catalogue.names("preset")
 SPEC_VERSION = 1
 MAX_RANK = 8  # TensorFlow's broadcasting kernels (SelectV2, ...) stop at rank 8
-
-# Which optional fields each loss takes, and their defaults. Fields not listed for a loss must be
-# left unset: a parameter that would be silently ignored is a configuration error.
-_ALWAYS = ("num_classes", "gamma", "reduction", "rank", "dtype")
-_WEIGHTED = ("alpha", "class_weight", "class_counts", "weighting", "beta")
-_FIELDS = {
-    ("variant", "sparse_softmax"): _WEIGHTED + ("from_logits", "ignore_index", "epsilon"),
-    ("variant", "softmax"): _WEIGHTED + ("from_logits", "label_smoothing", "epsilon"),
-    ("variant", "sigmoid"): _WEIGHTED + ("from_logits", "label_smoothing", "ignore_index", "epsilon"),
-    ("preset", "multilabel_lsr"): ("class_counts", "from_logits", "label_smoothing", "epsilon"),
-    ("preset", "multi_category"): ("class_counts", "from_logits", "epsilon"),
-    ("preset", "sparse_softmax"): ("alpha", "from_logits"),
-}
-_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("variant", "sparse_softmax"): {"from_logits": True, "reduction": "none"},
-    ("variant", "softmax"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
-    ("variant", "sigmoid"): {"from_logits": True, "label_smoothing": 0.0, "reduction": "none"},
-    # The seeds' own constants: 000 clips at 1e-8 and weights its LSR term by e = 0.1; 001 clips at
-    # 1e-7 (Keras's epsilon); 002 takes logits and returns the mean.
-    ("preset", "multilabel_lsr"): {"from_logits": False, "label_smoothing": 0.1, "epsilon": 1e-8, "reduction": "none"},
-    ("preset", "multi_category"): {"from_logits": False, "epsilon": params.KERAS_EPSILON, "reduction": "none"},
-    ("preset", "sparse_softmax"): {"from_logits": True, "reduction": "mean"},
-}
-_REQUIRED = {
-    ("preset", "multilabel_lsr"): ("class_counts",),
-    ("preset", "multi_category"): ("class_counts",),
-    ("preset", "sparse_softmax"): ("alpha",),
-}
-_FIXED = {("preset", name): {"from_logits": _DEFAULTS[("preset", name)]["from_logits"]} for name in PRESETS}
 
 
 @dataclass(frozen=True)
@@ -76,6 +40,17 @@ class FocalSpec:
       value outside [0, 1] for sigmoid), ``epsilon`` (probability clip),
       ``reduction`` (``none`` | ``sum`` | ``mean``; sigmoid also ``normalized`` |
       ``per_sample_normalized``).
+    - ``axis`` (variants): the class axis of the predictions, -1 (classes last) by default; 1 for
+      channels-first (N, C, H, W). Any axis but the first (the batch).
+    - ``poly_epsilon`` (variants): Poly-1's epsilon (Leng et al., ICLR 2022), >= -1; 0 by default.
+      The loss is ``FL + epsilon * (1 - p_t)**(gamma + 1)``, which is >= 0 for every p_t when
+      epsilon >= -1 and the class weight is 1, since ``FL >= (1 - p_t)**(gamma + 1)`` then; with
+      FL scaled by a weight ``w`` (alpha, class weights) it is >= 0 when ``epsilon >= -w``.
+    - ``gamma_negative``, ``probability_margin`` (sigmoid): the asymmetric loss's focusing of
+      negatives (>= 0; gamma by default) and its probability margin in [0, 1) (0 by default)
+      (Ridnik et al., ICCV 2021). The defaults give the symmetric focal loss exactly.
+    - ``weighted`` (variants): the graph takes a third input, ``weights``, of the unreduced
+      loss's shape, multiplied into the loss; ``mean`` is then ``sum(w loss) / sum(w)``.
     - ``rank``: rank of the predictions, class axis included (2 to 8); ``dtype`` of the predictions.
 
     Invalid values raise a ValueError naming the field.
@@ -94,6 +69,11 @@ class FocalSpec:
     label_smoothing: Optional[float] = None
     ignore_index: Optional[int] = None
     epsilon: Optional[float] = None
+    axis: Optional[int] = None
+    poly_epsilon: Optional[float] = None
+    gamma_negative: Optional[params.PerClass] = None
+    probability_margin: Optional[float] = None
+    weighted: Optional[bool] = None
     reduction: Optional[str] = None
     rank: int = 2
     dtype: str = "float32"
@@ -108,29 +88,49 @@ class FocalSpec:
         return ("variant", self.variant) if self.variant is not None else ("preset", self.preset)
 
     @property
+    def record(self) -> catalogue.LossKind:
+        """The kind's `focal_graph.catalogue.LossKind`."""
+        return catalogue.KINDS[self.kind]
+
+    @property
     def name(self) -> str:
         return f"{self.kind[0]}:{self.kind[1]}"
 
     @property
     def sparse(self) -> bool:
         """Integer class labels (...) rather than targets (..., C)."""
-        return self.kind[1] == "sparse_softmax"
+        return self.record.sparse
 
     @property
     def multi_label(self) -> bool:
         """Per-class sigmoid probabilities rather than one softmax over the classes."""
-        return self.kind in MULTI_LABEL
+        return self.record.multi_label
 
     @property
     def normalized_by_positives(self) -> bool:
         """Whether the loss also has RetinaNet's ``normalized`` and ``per_sample_normalized``
         forms (sum over max(1, positive targets)): the sigmoid variant."""
-        return self.kind in NORMALIZED_BY_POSITIVES
+        return self.record.normalized_by_positives
 
     @property
     def input_names(self) -> tuple[str, str]:
         """The graph's input names: ``labels`` | ``targets``, then ``logits`` | ``probabilities``."""
-        return ("labels" if self.sparse else "targets", "logits" if self.from_logits else "probabilities")
+        return self.record.input_names(self.from_logits)
+
+    @property
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The graph's inputs: `input_names`, then ``weights`` for a weighted loss."""
+        return self.input_names + ((catalogue.WEIGHTS,) if self.weighted else ())
+
+    @property
+    def class_axis(self) -> int:
+        """The class axis of the predictions as a non-negative index (rank - 1 for presets)."""
+        return self.rank - 1 if self.axis is None else self.axis % self.rank
+
+    @property
+    def loss_shape(self) -> str:
+        """The unreduced loss's shape: ``positions`` (...), ``classes`` (..., C) or ``one`` (..., 1)."""
+        return self.record.loss_shape
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -185,12 +185,11 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         raise ValueError(
             f"variant/preset: give exactly one (variant: {', '.join(VARIANTS)}; preset: {', '.join(PRESETS)})"
         )
-    kind = ("variant", spec.variant) if spec.variant is not None else ("preset", spec.preset)
-    allowed = VARIANTS if kind[0] == "variant" else PRESETS
-    if kind[1] not in allowed:
-        raise ValueError(f"{kind[0]}: expected one of {', '.join(allowed)}, got {kind[1]!r}")
+    family = "variant" if spec.variant is not None else "preset"
+    record = catalogue.record(family, getattr(spec, family))
+    kind = record.key
 
-    fields = set(_FIELDS[kind]) | set(_ALWAYS)
+    fields = set(record.fields) | set(catalogue.ALWAYS)
     values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     for name, value in values.items():
         if name in ("variant", "preset", "rank", "dtype") or value is None:
@@ -198,24 +197,23 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         if name not in fields:
             takes = ", ".join(sorted(fields))
             raise ValueError(f"{name}: does not apply to {kind[0]} {kind[1]!r} (it takes: {takes})")
-    for name in _REQUIRED.get(kind, ()):
+    for name in record.required:
         if values[name] is None:
             raise ValueError(f"{name}: required by {kind[0]} {kind[1]!r}")
-    for name, fixed in _FIXED.get(kind, {}).items():
+    for name in record.fixed:
+        fixed = record.defaults[name]
         if values[name] is not None and values[name] is not fixed:
             raise ValueError(f"{name}: {kind[0]} {kind[1]!r} is defined with {name}={fixed}, got {params.shown(values[name])}")
 
     out = dict(values)
-    for name, default in _DEFAULTS[kind].items():
+    for name, default in record.defaults.items():
         if out[name] is None:
             out[name] = default
-    if out["gamma"] is None:
-        out["gamma"] = 2.0
 
     out["rank"] = params.integer("rank", out["rank"], minimum=2, maximum=MAX_RANK)
     if not isinstance(out["dtype"], str) or out["dtype"] not in params.DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(params.DTYPES)}, got {params.shown(out['dtype'])}")
-    out["reduction"] = params.reduction(out["reduction"], normalized=kind in NORMALIZED_BY_POSITIVES)
+    out["reduction"] = params.reduction(out["reduction"], normalized=record.normalized_by_positives)
     if not isinstance(out["from_logits"], bool):
         raise ValueError(f"from_logits: expected true or false, got {params.shown(out['from_logits'])}")
 
@@ -223,6 +221,7 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         out["num_classes"] = params.integer("num_classes", out["num_classes"], minimum=1)
     # Per-class values fix C; they must agree with each other and with num_classes.
     num_classes = out["num_classes"]
+    # RetinaNet's alpha balances positives against negatives: a weight in [0, 1]
     is_sigmoid = kind == ("variant", "sigmoid")
     checks = {
         "gamma": dict(low=0.0),
@@ -259,6 +258,20 @@ def _validated(spec: FocalSpec) -> dict[str, Any]:
         raise ValueError(f"{name}: applies only with class_counts")
     out["num_classes"] = num_classes
 
+    if out["axis"] is not None:
+        params.class_axis(out["axis"], out["rank"])
+        out["axis"] = int(out["axis"])
+    if out["poly_epsilon"] is not None:
+        out["poly_epsilon"] = params.poly_epsilon(out["poly_epsilon"])
+    if out["weighted"] is not None and not isinstance(out["weighted"], bool):
+        raise ValueError(f"weighted: expected true or false, got {params.shown(out['weighted'])}")
+    if "gamma_negative" in fields:
+        gamma_negative = out["gamma"] if out["gamma_negative"] is None else out["gamma_negative"]
+        out["gamma_negative"] = params.per_class("gamma_negative", gamma_negative, num_classes=num_classes)
+        num_classes = num_classes or params.vector_length(out["gamma_negative"])
+        out["num_classes"] = num_classes
+    if out["probability_margin"] is not None:
+        out["probability_margin"] = params.probability_margin(out["probability_margin"])
     if out["label_smoothing"] is not None:
         out["label_smoothing"] = params.label_smoothing(out["label_smoothing"])
     if out["ignore_index"] is not None:

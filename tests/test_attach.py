@@ -166,6 +166,8 @@ def dense_losses(tmp_path_factory):
              validate=False)
     exported(root / "nineteen", FocalSpec(variant="sparse_softmax", rank=4, num_classes=19, ignore_index=255),
              format="onnx", validate=False)
+    exported(root / "channels-first", FocalSpec(variant="sparse_softmax", rank=4, num_classes=19, ignore_index=255,
+                                                axis=1), format="onnx", validate=False)
     return root
 
 
@@ -212,8 +214,28 @@ def test_channels_first_output_is_refused_naming_both_shapes(dense_losses, tmp_p
     line = one_line_error(result, "attach")
     taken = {"dynamic": "(N, H, W, C)", "nineteen": "(N, H, W, 19)"}[loss]
     assert f"it takes logits {taken}; output 'logits' is (batch, 19, oh, ow)" in line
-    assert "channels-first" in line
+    assert "channels-first" in line and "--axis 1" in line
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_an_axis_1_loss_attaches_to_a_channels_first_output_directly(dense_losses, tmp_path):
+    head = conv_head_onnx(tmp_path / "nchw.onnx", classes=19, stride=2, pads=1, channels_first=True)
+    attach(model=head, output="logits", loss=dense_losses / "channels-first", out=tmp_path / "c.onnx")
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    label_dims = [d.dim_param for d in next(i for i in graph.input if i.name == "labels").type.tensor_type.shape.dim]
+    assert label_dims == ["batch", "oh", "ow"]
+    combined = onnxruntime.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(2, 12, 10, 3)).astype(np.float32)
+    logits = onnxruntime.InferenceSession(str(head), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+    assert logits.shape == (2, 19, 6, 5)
+    labels = rng.integers(0, 19, (2, 6, 5))
+    labels[1, 0] = 255
+    got = dict(zip([o.name for o in combined.get_outputs()], combined.run(None, {"image": image, "labels": labels})))
+    # the float64 formula on the classes-last transpose: no transpose on the user's side
+    want = reference.sparse_softmax_focal(labels, np.moveaxis(logits, 1, -1), gamma=2.0, ignore_index=255)
+    np.testing.assert_allclose(got["focal_loss"], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["focal_per_sample"], want.sum(axis=(1, 2)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("shapes, named", [("image=1x16x16x4", "input 'image' is (batch, height, width, 3); 1x16x16x4"),
