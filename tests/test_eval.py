@@ -297,3 +297,36 @@ def test_exported_sparse_loss_is_nan_not_a_broadcast_when_batches_differ(sparse,
     session = onnxruntime.InferenceSession(str(sparse / "model.onnx"), providers=["CPUExecutionProvider"])
     (loss,) = session.run(["loss"], {"labels": np.zeros(14, np.int64), "logits": logits[:7]})
     assert np.isnan(loss).all()
+
+
+def test_prefetched_keeps_order_raises_the_readers_error_in_place_and_stops_the_reader():
+    import threading
+
+    from export.evaluation import prefetched
+
+    with prefetched(iter(range(50))) as items:
+        assert list(items) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise UsageError("--predictions: row 2 is broken")
+
+    seen = []
+    with pytest.raises(UsageError, match="row 2 is broken"):
+        with prefetched(failing()) as items:
+            for item in items:
+                seen.append(item)
+    assert seen == [1, 2]
+
+    reads = []
+
+    def endless():
+        while True:
+            reads.append(len(reads))
+            yield len(reads)
+
+    with prefetched(endless(), depth=2) as items:
+        assert next(items) == 1
+    assert not any(thread.name == "focalgraph-eval-reader" for thread in threading.enumerate())
+    assert len(reads) <= 5  # the reader stopped a few items ahead, it did not read on
