@@ -162,9 +162,12 @@ def _bench_size(directory: Path, spec: FocalSpec, session, shape, keras_loss, ke
         loaded = tf.saved_model.load(str(directory / artifact.SAVED_MODEL))
     tf_true, tf_predictions, tf_keras_true = tf.constant(y_true), tf.constant(predictions), tf.constant(keras_true)
     element_wise = spec.multi_label
+    from export.tensorflow_reference import SIGNATURES
+
+    signature_of = {form: name for name, form in SIGNATURES.items()}
     runners = {}
     for form in session.output_names:
-        signature = loaded.signatures["serving_default" if form == "loss" else form]
+        signature = loaded.signatures[signature_of[form]]
         runners[f"tensorflow:{form}"] = (
             lambda signature=signature, form=form: signature(**{true_name: tf_true, prediction_name: tf_predictions})[form].numpy())
         runners[f"onnxruntime:{form}"] = lambda form=form: session.session.run([form], feed)[0]
