@@ -254,7 +254,7 @@ class BatchEvaluator:
         elements = None
         if len(predictions):
             # the unreduced loss too: the summary's per-class figures are over positions (pixels)
-            outputs = self.session.forms(labels, predictions, loss_weights)
+            outputs = self.session.row_forms(labels, predictions, loss_weights)
             losses, elements = outputs["per_sample"], outputs["loss"]
         else:
             losses = np.zeros(0, np.dtype(spec.dtype))

@@ -1,14 +1,20 @@
 """``bench``: how fast an artifact's loss runs, next to Keras's focal losses and a read-once floor.
 
 Everything is timed in one process, interleaved (one call of each runner per round, so a noisy
-neighbour slows all of them alike), after warm-up; each figure is the median over the rounds.
-Per artifact and size N x C (float32):
+neighbour slows all of them alike), after warm-up. Each figure is the minimum over the rounds,
+with the median beside it: on the shared 2-core machine medians moved by +-20% between runs and
+minima by under 5% (issue 14). Per artifact and predictions shape (N, ..., C), in the artifact's
+dtype (float32 or float16), every runner is one call on the whole batch:
 
-- ``tensorflow``: the artifact's SavedModel, ``serving_default`` (the unreduced loss);
-- ``onnxruntime``: the artifact's ``model.onnx``, asked for ``loss`` only;
-- ``keras``: Keras's ``CategoricalFocalCrossentropy`` (one-hot targets) or
-  ``BinaryFocalCrossentropy`` on the same data, in TensorFlow;
-- ``floor_tensorflow``, ``floor_onnxruntime``: one read pass over the predictions, a reduce-max
+- ``tensorflow:FORM``: the artifact's SavedModel, the signature of each output form;
+- ``onnxruntime:FORM``: the artifact's ``model.onnx``, one ``session.run`` asking for that
+  output only (ONNX Runtime then runs only the nodes it needs);
+- ``keras:tensorflow``: Keras's ``CategoricalFocalCrossentropy`` (one-hot targets) or
+  ``BinaryFocalCrossentropy`` on the same data, unreduced, in TensorFlow;
+- ``keras:onnxruntime``: that Keras loss converted by tf2onnx and run in ONNX Runtime, the peer a
+  user would export instead (absent, with the reason, where tf2onnx cannot convert it:
+  ``BinaryFocalCrossentropy`` from logits emits Log1p);
+- ``floor:tensorflow``, ``floor:onnxruntime``: one read pass over the predictions, a reduce-max
   over the classes; for losses that are element-wise over the classes (sigmoid ones), one
   element-wise op that reads both inputs and writes one output (a multiply).
 
@@ -16,7 +22,9 @@ Also per artifact: the ONNX node count and op histogram and the export time; and
 start-up of ``focalgraph --help`` and of ``focalgraph eval``.
 
 No test asserts a time: these machines are shared, and only ratios measured side by side mean
-anything. Ratios: ``ours / floor`` per backend, ``keras / ours`` and ``tensorflow / onnxruntime``.
+anything. Ratios (of minima, and of medians): each ONNX Runtime form over its floor,
+``tensorflow:per_sample`` over its floor, Keras over ours per backend, and TensorFlow over ONNX
+Runtime.
 """
 
 from __future__ import annotations
@@ -44,44 +52,60 @@ DEFAULT_ARTIFACTS = ("artifacts/variant-sparse-softmax", "artifacts/variant-sigm
 # N x C from 1e5 to 1.6e7 elements; the last is the issue's target size
 DEFAULT_SIZES = ((100, 1000), (400, 1000), (1600, 1000), (4096, 1000), (16384, 1000))
 TARGET_SIZE = (16384, 1000)
+DTYPES = ("float32", "float16")  # bfloat16 does not survive tf2onnx (shared/TOOLCHAIN.md)
+PEER = "per_sample"  # the form eval uses, and the one Keras's unreduced loss is compared with
 
 
-def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_SIZES, repeats: int = 15,
-          warmup: int = 3, json_path=None, startup: bool = True, progress=None) -> dict:
+def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_SIZES, repeats: int = 21,
+          warmup: int = 3, json_path=None, startup: bool = True, export_time: bool = True, progress=None) -> dict:
     """Benchmark each artifact at each size; returns the results (and writes ``json_path``, with
-    a Markdown table and a PNG plot beside it, when given)."""
+    a Markdown table and a PNG plot beside it, when given).
+
+    ``sizes``: predictions shapes (``"16384x1000,64x32x32x100"`` or tuples); each artifact takes
+    those of its rank, and the default sizes (reshaped to its rank, see `default_sizes`) when
+    ``sizes`` is not given. ``export_time``: also time a full export of each spec (seconds each);
+    ``startup``: also time cold start-ups (`startup_times`)."""
     from export.cases import parse_shapes
     from export.runtime import open_session
 
-    if repeats < 1 or warmup < 0:
-        raise UsageError(f"--repeats: expected at least 1, got {repeats}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UsageError(f"--repeats: expected an integer >= 1, got {repeats!r}")
+    if warmup < 0:
+        raise UsageError(f"warmup: expected an integer >= 0, got {warmup!r}")
     if json_path is not None:
         json_path = Path(json_path)
         if json_path.suffix != ".json":
             raise UsageError(f"--json: {json_path}: name a .json file (the .md and .png are written beside it)")
         writing.check_outputs(written(json_path), {"ARTIFACTS": list(artifacts)})
-    specs = {}
+    given = None if sizes is None or sizes is DEFAULT_SIZES else _shapes(sizes)
+    plans = {}
     for directory in artifacts:
         directory = Path(directory)
         spec = artifact.loss_artifact(directory)
-        if spec.dtype != "float32":
-            raise UsageError(f"{directory}: bench compares float32 losses; this artifact is {spec.dtype}")
-        if spec.rank != 2:
-            raise UsageError(f"{directory}: bench takes (N, C) artifacts; this one has rank {spec.rank}")
+        if spec.dtype not in DTYPES:
+            raise UsageError(f"{directory}: bench times {' and '.join(DTYPES)} losses; this artifact is {spec.dtype}")
         if not (directory / artifact.SAVED_MODEL).is_dir() or not (directory / artifact.ONNX).is_file():
             raise UsageError(f"{directory}: bench needs both the SavedModel and model.onnx")
-        specs[directory] = spec
-    sizes = [tuple(size) for size in (parse_shapes(FocalSpec(variant="softmax"), sizes, "--sizes") if isinstance(sizes, str) else sizes)]
-    results = {"machine": _machine(), "provider": provider, "repeats": repeats, "warmup": warmup, "artifacts": []}
-    for directory, spec in specs.items():
-        entry = {"artifact": str(directory), "spec": spec.name, "onnx": _onnx_summary(directory / artifact.ONNX),
-                 "export_seconds": _export_seconds(spec), "sizes": []}
+        if given is None:
+            shapes = default_sizes(spec)
+        else:
+            shapes = [shape for shape in given if len(shape) == spec.rank]
+            if not shapes:
+                raise UsageError(f"--sizes: no shape of rank {spec.rank}, which {directory} takes "
+                                 f"({', '.join('x'.join(map(str, shape)) for shape in given)} given)")
+        plans[directory] = (spec, parse_shapes(spec, shapes, "--sizes"))
+    results = {"machine": _machine(), "provider": provider, "repeats": repeats, "warmup": warmup,
+               "statistic": "minimum over interleaved rounds (medians beside)", "artifacts": []}
+    for directory, (spec, shapes) in plans.items():
+        entry = {"artifact": str(directory), "spec": spec.name, "dtype": spec.dtype,
+                 "onnx": _onnx_summary(directory / artifact.ONNX),
+                 "export_seconds": _export_seconds(spec) if export_time else None, "sizes": []}
         session = open_session(str(directory / artifact.ONNX), provider)
         entry["onnxruntime"] = session.describe()
-        for size in sizes:
-            if spec.num_classes is not None and size[1] != spec.num_classes:
-                raise UsageError(f"--sizes: {size[0]}x{size[1]}; {directory} fixes C={spec.num_classes}")
-            row = _bench_size(directory, spec, session, size, repeats=repeats, warmup=warmup)
+        keras_loss = _keras_loss(spec)
+        keras_session, entry["keras_onnxruntime"] = _keras_session(keras_loss, spec)
+        for shape in shapes:
+            row = _bench_size(directory, spec, session, shape, keras_loss, keras_session, repeats=repeats, warmup=warmup)
             entry["sizes"].append(row)
             if progress is not None:
                 progress(entry, row)
@@ -93,58 +117,96 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
     return results
 
 
-def _bench_size(directory: Path, spec: FocalSpec, session, size, *, repeats: int, warmup: int) -> dict:
+def default_sizes(spec: FocalSpec) -> list[tuple[int, ...]]:
+    """`DEFAULT_SIZES` at the spec's rank: (N, C) becomes (N / 8**(rank - 2), 8, ..., 8, C), the
+    same number of elements where N allows; C is the spec's where it fixes one."""
+    inner = spec.rank - 2
+    shapes = []
+    for n, c in DEFAULT_SIZES:
+        shape = (max(1, n // 8 ** inner),) + (8,) * inner + (spec.num_classes or c,)
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
+def _shapes(sizes) -> list[tuple[int, ...]]:
+    if not isinstance(sizes, str):
+        return [tuple(shape) for shape in sizes]
+    try:
+        return [tuple(int(size) for size in item.strip().lower().split("x")) for item in sizes.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--sizes: expected shapes like 100x1000,16x8x8x1000 (sizes joined by x), got {sizes!r}") from None
+
+
+def _bench_size(directory: Path, spec: FocalSpec, session, shape, keras_loss, keras_session, *, repeats: int,
+                warmup: int) -> dict:
     tf = import_tensorflow()
-    n, c = size
+    shape = tuple(shape)
+    c = shape[-1]
+    dtype = np.dtype(spec.dtype)
     rng = np.random.default_rng(0)
-    predictions = (rng.normal(size=(n, c)) * 3).astype(np.float32)
-    if not spec.from_logits:  # probabilities: a softmax (or sigmoid) of the same logits
-        predictions = probabilities(spec, predictions).astype(np.float32)
+    logits = rng.normal(size=shape) * 3
+    predictions = (logits if spec.from_logits else probabilities(spec, logits)).astype(dtype)
     if spec.sparse:
-        y_true = rng.integers(0, c, size=n).astype(np.int64)
-        keras_true = np.eye(c, dtype=np.float32)[y_true]
+        y_true = rng.integers(0, c, size=shape[:-1]).astype(np.int64)
+        keras_true = np.eye(c, dtype=dtype)[y_true]
     elif spec.multi_label:
-        y_true = (rng.uniform(size=(n, c)) < 0.05).astype(np.float32)
+        y_true = (rng.uniform(size=shape) < 0.05).astype(dtype)
         keras_true = y_true
     else:
-        y_true = np.eye(c, dtype=np.float32)[rng.integers(0, c, size=n)]
+        y_true = np.eye(c, dtype=dtype)[rng.integers(0, c, size=shape[:-1])]
         keras_true = y_true
     true_name, prediction_name = spec.input_names
     feed = {true_name: y_true, prediction_name: predictions}
     with silenced_stderr():
         loaded = tf.saved_model.load(str(directory / artifact.SAVED_MODEL))
-    serving = loaded.signatures["serving_default"]
     tf_true, tf_predictions, tf_keras_true = tf.constant(y_true), tf.constant(predictions), tf.constant(keras_true)
-    keras_loss = tf.function(_keras_loss(spec), autograph=False)
     element_wise = spec.multi_label
+    from export.tensorflow_reference import SIGNATURES
+
+    signature_of = {form: name for name, form in SIGNATURES.items()}
+    runners = {}
+    for form in session.output_names:
+        signature = loaded.signatures[signature_of[form]]
+        runners[f"tensorflow:{form}"] = (
+            lambda signature=signature, form=form: signature(**{true_name: tf_true, prediction_name: tf_predictions})[form].numpy())
+        runners[f"onnxruntime:{form}"] = lambda form=form: session.session.run([form], feed)[0]
+    keras_tf = tf.function(keras_loss, autograph=False)
+    runners["keras:tensorflow"] = lambda: keras_tf(tf_keras_true, tf_predictions).numpy()
+    if keras_session is not None:
+        keras_feed = {"targets": keras_true, "predictions": predictions}
+        runners["keras:onnxruntime"] = lambda: keras_session.run(None, keras_feed)[0]
     floor_tf = tf.function((lambda y, x: y * x) if element_wise else (lambda y, x: tf.reduce_max(x, axis=-1)), autograph=False)
-    floor_session = _floor_session(element_wise)
+    floor_session = _floor_session(element_wise, len(shape), dtype)
     floor_feed = {"y_true": y_true, "predictions": predictions} if element_wise else {"predictions": predictions}
-    runners = {
-        "tensorflow": lambda: serving(**{true_name: tf_true, prediction_name: tf_predictions})["loss"].numpy(),
-        "onnxruntime": lambda: session.session.run(["loss"], feed)[0],
-        "keras": lambda: keras_loss(tf_keras_true, tf_predictions).numpy(),
-        "floor_tensorflow": lambda: floor_tf(tf_true if element_wise else tf_predictions, tf_predictions).numpy(),
-        "floor_onnxruntime": lambda: floor_session.run(None, floor_feed)[0],
-    }
-    seconds = _interleaved(runners, repeats=repeats, warmup=warmup)
-    elements = n * c
-    ratio = lambda a, b: seconds[a] / seconds[b]  # noqa: E731
+    runners["floor:tensorflow"] = lambda: floor_tf(tf_true if element_wise else tf_predictions, tf_predictions).numpy()
+    runners["floor:onnxruntime"] = lambda: floor_session.run(None, floor_feed)[0]
+    times = _interleaved(runners, repeats=repeats, warmup=warmup)
+    minimum = {name: min(values) for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in times.items()}
+    elements = int(np.prod(shape))
     return {
-        "n": n, "c": c, "elements": elements,
-        "seconds": seconds,
-        "elements_per_second": {name: elements / value for name, value in seconds.items()},
-        "ratios": {
-            "onnxruntime / floor": ratio("onnxruntime", "floor_onnxruntime"),
-            "tensorflow / floor": ratio("tensorflow", "floor_tensorflow"),
-            "keras / tensorflow": ratio("keras", "tensorflow"),
-            "tensorflow / onnxruntime": ratio("tensorflow", "onnxruntime"),
-        },
+        "shape": list(shape), "elements": elements,
+        "seconds": minimum, "median_seconds": median,
+        "elements_per_second": {name: elements / value for name, value in minimum.items()},
+        "ratios": _ratios(minimum, session.output_names),
+        "median_ratios": _ratios(median, session.output_names),
         "floor": "element-wise multiply" if element_wise else "reduce-max over classes",
     }
 
 
-def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
+def _ratios(seconds: dict, forms) -> dict:
+    ratio = lambda a, b: seconds[a] / seconds[b] if a in seconds and b in seconds else None  # noqa: E731
+    ratios = {f"onnxruntime:{form} / floor": ratio(f"onnxruntime:{form}", "floor:onnxruntime") for form in forms}
+    ratios["tensorflow:per_sample / floor"] = ratio(f"tensorflow:{PEER}", "floor:tensorflow")
+    ratios["keras:tensorflow / tensorflow:per_sample"] = ratio("keras:tensorflow", f"tensorflow:{PEER}")
+    ratios["keras:onnxruntime / onnxruntime:per_sample"] = ratio("keras:onnxruntime", f"onnxruntime:{PEER}")
+    ratios["tensorflow:per_sample / onnxruntime:per_sample"] = ratio(f"tensorflow:{PEER}", f"onnxruntime:{PEER}")
+    return ratios
+
+
+def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Every runner's wall times, one call of each per round."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -154,7 +216,7 @@ def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _keras_loss(spec: FocalSpec):
@@ -174,20 +236,50 @@ def _keras_loss(spec: FocalSpec):
     return lambda y_true, y_pred: loss(y_true, y_pred)
 
 
-def _floor_session(element_wise: bool):
-    """The floor in ONNX Runtime: ReduceMax over C, or Mul of the two (N, C) inputs."""
+def _keras_session(keras_loss, spec: FocalSpec):
+    """``(session, note)``: ``keras_loss`` converted by tf2onnx (opset 17, the spec's rank and
+    dtype, every dimension dynamic) and opened in ONNX Runtime on the CPU, or ``(None, why not)``."""
     import onnx
     import onnxruntime
-    from onnx import TensorProto, helper
 
-    inputs = [helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["N", "C"])]
+    from export.quiet import import_tf2onnx
+
+    tf = import_tensorflow()
+    tf2onnx = import_tf2onnx()
+    dims, dtype = [None] * spec.rank, tf.as_dtype(spec.dtype)
+    signature = [tf.TensorSpec(dims, dtype, name="targets"), tf.TensorSpec(dims, dtype, name="predictions")]
+    function = tf.function(keras_loss, input_signature=signature, autograph=False)
+    try:
+        with silenced_stderr():
+            model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
+    except Exception as error:  # tf2onnx raises many types
+        return None, f"tf2onnx failed: {type(error).__name__}"
+    unknown = sorted({node.op_type for node in model.graph.node if not onnx.defs.has(node.op_type, node.domain or "")})
+    if unknown:
+        return None, f"tf2onnx left {', '.join(unknown)} unconverted: the model does not load"
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as error:  # InvalidGraph, NotImplemented, ...
+        return None, f"ONNX Runtime cannot load it: {type(error).__name__}"
+    return session, f"converted by tf2onnx: {len(model.graph.node)} nodes"
+
+
+def _floor_session(element_wise: bool, rank: int = 2, dtype=np.float32):
+    """The floor in ONNX Runtime: ReduceMax over C, or Mul of the two (N, ..., C) inputs."""
+    import onnx
+    import onnxruntime
+    from onnx import helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    dims = [f"d{axis}" for axis in range(rank)]
+    inputs = [helper.make_tensor_value_info("predictions", element, dims)]
     if element_wise:
-        inputs.insert(0, helper.make_tensor_value_info("y_true", TensorProto.FLOAT, ["N", "C"]))
+        inputs.insert(0, helper.make_tensor_value_info("y_true", element, dims))
         node = helper.make_node("Mul", ["y_true", "predictions"], ["floor"])
     else:
         node = helper.make_node("ReduceMax", ["predictions"], ["floor"], axes=[-1], keepdims=0)
-    output_dims = ["N", "C"] if element_wise else ["N"]
-    graph = helper.make_graph([node], "floor", inputs, [helper.make_tensor_value_info("floor", TensorProto.FLOAT, output_dims)])
+    output_dims = dims if element_wise else dims[:-1]
+    graph = helper.make_graph([node], "floor", inputs, [helper.make_tensor_value_info("floor", element, output_dims)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -245,7 +337,8 @@ def _machine() -> dict:
 
     tf = import_tensorflow()
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "tensorflow": tf.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": sys.platform}
+            "onnxruntime": onnxruntime.__version__, "platform": sys.platform,
+            "load": " ".join(f"{value:.2f}" for value in os.getloadavg())}  # the machine is shared: say how busy
 
 
 def written(json_path: Path) -> dict:
@@ -266,33 +359,65 @@ def write(results: dict, json_path: Path) -> None:
         files.write("--json", outputs["--json (its plot)"], image.getvalue())
 
 
+def _cell(row: dict, name: str) -> str:
+    if name not in row["seconds"]:
+        return "-"
+    return f"{row['seconds'][name] * 1e3:.2f} ({row['median_seconds'][name] * 1e3:.2f})"
+
+
+def _ratio_cell(row: dict, name: str) -> str:
+    value, median = row["ratios"].get(name), row["median_ratios"].get(name)
+    return "-" if value is None else f"{value:.2f} ({median:.2f})"
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# focalgraph bench",
         "",
         f"{results['machine']['cpus']} CPUs; TensorFlow {results['machine']['tensorflow']}, ONNX Runtime "
-        f"{results['machine']['onnxruntime']}; median of {results['repeats']} interleaved rounds after "
-        f"{results['warmup']} warm-up calls; float32, unreduced loss. Times in ms.",
+        f"{results['machine']['onnxruntime']}; {results['repeats']} interleaved rounds after {results['warmup']} "
+        f"warm-up calls; load average {results['machine'].get('load', '?')} before the run. Every figure is the "
+        "minimum over the rounds, the median in brackets. Times in ms; one call on the whole batch.",
         "",
     ]
     for entry in results["artifacts"]:
         floor = entry["sizes"][0]["floor"] if entry["sizes"] else ""
+        forms = [name.split(":", 1)[1] for name in entry["sizes"][0]["seconds"] if name.startswith("onnxruntime:")] \
+            if entry["sizes"] else []
         lines += [
-            f"## {entry['artifact']} ({entry['spec']})",
+            f"## {entry['artifact']} ({entry['spec']}, {entry.get('dtype', 'float32')})",
             "",
             f"ONNX: {entry['onnx']['nodes']} nodes ({', '.join(f'{op} {n}' for op, n in entry['onnx']['ops'].items())}); "
-            f"export took {entry['export_seconds']:.1f} s; floor: {floor}; ONNX Runtime ran on {entry['onnxruntime']['provider']}.",
+            + (f"export took {entry['export_seconds']:.1f} s; " if entry["export_seconds"] is not None else "")
+            + f"floor: {floor}; ONNX Runtime ran on {entry['onnxruntime']['provider']}; "
+            f"Keras in ONNX Runtime: {entry['keras_onnxruntime']}.",
             "",
-            "| N x C | TF | ORT | Keras (TF) | floor TF | floor ORT | ORT / floor | TF / floor | Keras / TF | TF / ORT | ORT elements/s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "ONNX Runtime:",
+            "",
+            "| shape | " + " | ".join(forms) + " | Keras | floor | per_sample / floor | Keras / per_sample |",
+            "| --- | " + " | ".join("---:" for _ in forms) + " | ---: | ---: | ---: | ---: |",
         ]
         for row in entry["sizes"]:
-            s, r = row["seconds"], row["ratios"]
             lines.append(
-                f"| {row['n']} x {row['c']} | {s['tensorflow'] * 1e3:.2f} | {s['onnxruntime'] * 1e3:.2f} | "
-                f"{s['keras'] * 1e3:.2f} | {s['floor_tensorflow'] * 1e3:.2f} | {s['floor_onnxruntime'] * 1e3:.2f} | "
-                f"{r['onnxruntime / floor']:.2f} | {r['tensorflow / floor']:.2f} | {r['keras / tensorflow']:.2f} | "
-                f"{r['tensorflow / onnxruntime']:.2f} | {row['elements_per_second']['onnxruntime']:.3g} |"
+                f"| {'x'.join(map(str, row['shape']))} | "
+                + " | ".join(_cell(row, f"onnxruntime:{form}") for form in forms)
+                + f" | {_cell(row, 'keras:onnxruntime')} | {_cell(row, 'floor:onnxruntime')} | "
+                f"{_ratio_cell(row, f'onnxruntime:{PEER} / floor')} | {_ratio_cell(row, f'keras:onnxruntime / onnxruntime:{PEER}')} |"
+            )
+        lines += [
+            "",
+            "TensorFlow (the SavedModel's signatures):",
+            "",
+            "| shape | " + " | ".join(forms) + " | Keras | floor | per_sample / floor | Keras / per_sample | TF / ORT (per_sample) |",
+            "| --- | " + " | ".join("---:" for _ in forms) + " | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in entry["sizes"]:
+            lines.append(
+                f"| {'x'.join(map(str, row['shape']))} | "
+                + " | ".join(_cell(row, f"tensorflow:{form}") for form in forms)
+                + f" | {_cell(row, 'keras:tensorflow')} | {_cell(row, 'floor:tensorflow')} | "
+                f"{_ratio_cell(row, 'tensorflow:per_sample / floor')} | {_ratio_cell(row, f'keras:tensorflow / tensorflow:{PEER}')} | "
+                f"{_ratio_cell(row, f'tensorflow:{PEER} / onnxruntime:{PEER}')} |"
             )
         lines.append("")
     if "startup" in results:
@@ -303,8 +428,8 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path) -> None:
-    """Time against N x C per backend, one panel per artifact (log-log), as PNG to ``path`` (a
-    path or a binary file)."""
+    """Minimum time against the number of elements per runner (the ``per_sample`` form for
+    ours), one panel per artifact (log-log), as PNG to ``path`` (a path or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,15 +437,19 @@ def plot(results: dict, path) -> None:
 
     count = len(results["artifacts"])
     figure, axes = plt.subplots(1, count, figsize=(6 * count, 4.5), squeeze=False)
+    names = (f"tensorflow:{PEER}", f"onnxruntime:{PEER}", "keras:tensorflow", "keras:onnxruntime", "floor:tensorflow",
+             "floor:onnxruntime")
     for axis, entry in zip(axes[0], results["artifacts"]):
-        elements = [row["elements"] for row in entry["sizes"]]
-        for name in ("tensorflow", "onnxruntime", "keras", "floor_tensorflow", "floor_onnxruntime"):
-            style = "--" if name.startswith("floor") else "-"
-            axis.plot(elements, [row["seconds"][name] * 1e3 for row in entry["sizes"]], style, marker="o", label=name)
+        for name in names:
+            rows = [row for row in entry["sizes"] if name in row["seconds"]]
+            if rows:
+                style = "--" if name.startswith("floor") else "-"
+                axis.plot([row["elements"] for row in rows], [row["seconds"][name] * 1e3 for row in rows], style,
+                          marker="o", label=name)
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("N x C (float32 elements)")
-        axis.set_ylabel("median time (ms)")
+        axis.set_xlabel(f"elements ({entry.get('dtype', 'float32')})")
+        axis.set_ylabel("minimum time (ms)")
         axis.set_title(f"{Path(entry['artifact']).name} ({entry['spec']})")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)

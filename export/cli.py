@@ -224,8 +224,8 @@ def embed_command(**options):
 @_VERBOSE
 @click.argument("artifacts", nargs=-1, type=click.Path())
 @click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime execution provider: auto | cpu | cuda.")
-@click.option("--sizes", help="N x C sizes, e.g. 100x1000,16384x1000 (default: 1e5 to 1.6e7 elements).")
-@click.option("--repeats", type=int, default=15, show_default=True, help="Interleaved rounds; each figure is their median.")
+@click.option("--sizes", help="Predictions shapes, e.g. 100x1000,16384x1000 or 256x8x8x1000; each artifact takes those of its rank (default: 1e5 to 1.6e7 elements).")
+@click.option("--repeats", type=int, default=21, show_default=True, help="Interleaved rounds; each figure is their minimum (median beside).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results here, with a Markdown table (.md) and a plot (.png) beside it.")
 def bench_command(artifacts, **options):

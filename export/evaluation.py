@@ -146,8 +146,9 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
             streams += [sources.rebatched(source.arrays(batch_size), batch_size) for source in extra.values()]
             names = ["--predictions", "--labels"] + [id_column if flag == "--id-column" else flag for flag in extra]
             merged, row_shape, start = None, None, 0
-            for columns in zip(*streams):
-                batch = pa.RecordBatch.from_arrays(list(columns), names)
+            batches = stack.enter_context(prefetched(
+                pa.RecordBatch.from_arrays(list(columns), names) for columns in zip(*streams)))
+            for batch in batches:
                 losses, partial = evaluator.evaluate(batch, start)
                 if partial is not None:
                     if row_shape is None:
@@ -179,6 +180,56 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                 staged_summary.discard()
             raise
     return result
+
+
+@contextlib.contextmanager
+def prefetched(items, depth: int = 2):
+    """``items`` (an iterator) read ahead by a background thread, at most ``depth`` items ahead,
+    so that reading the next batch overlaps the loss of this one (ONNX Runtime and numpy's
+    copies release the GIL). The reader's exceptions are raised here, in order; leaving the
+    block early stops the reader and waits for it, so nothing reads a source after it closes."""
+    import queue
+    import threading
+
+    handoff = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            put((None, error))
+            return
+        put((done, None))
+
+    def consume():
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+
+    reader = threading.Thread(target=read, name="focalgraph-eval-reader", daemon=True)
+    reader.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        reader.join()
 
 
 def check_sources(spec, predicted, truth, extra) -> None:

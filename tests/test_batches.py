@@ -176,3 +176,37 @@ def test_loss_session_converts_narrow_labels_and_python_lists(sessions, rng):
 def test_loss_session_refuses_what_it_cannot_convert_naming_the_input(sessions, labels, logits, message):
     with pytest.raises(UsageError, match=message.replace("(", "\\(")):
         sessions["sparse"](labels, logits)
+
+
+@pytest.mark.parametrize("name", ["sparse", "sparse-nhwc", "sigmoid"])
+def test_loss_session_in_several_runs_matches_the_formula_and_one_run(sessions, rng, monkeypatch, name):
+    import export.runtime as runtime
+
+    session = sessions[name]
+    shape = (150, 2, 3, C) if name == "sparse-nhwc" else (150, C)
+    logits = (rng.normal(size=shape) * 4).astype(np.float32)
+    if name == "sigmoid":
+        y_true = rng.uniform(size=shape).astype(np.float32)
+        want = reference.sigmoid_focal(y_true, logits, alpha=0.25).sum(axis=-1)
+    else:
+        y_true = rng.integers(0, C, shape[:-1])
+        kwargs = {"alpha": 0.5} if name == "sparse" else {}
+        want = reference.sparse_softmax_focal(y_true, logits, **kwargs).reshape(len(logits), -1).sum(axis=-1)
+    one_run = session(y_true, logits)
+    per_row = int(np.prod(shape[1:]))
+    monkeypatch.setattr(runtime, "RUN_ELEMENTS", {"element-wise": 70 * per_row, "softmax": 70 * per_row})
+    # 70 rows rounded down to whole multiples of 64 elements: 64 rows (5 and 30 values per row)
+    assert runtime.rows_per_run(shape, element_wise=name == "sigmoid") == 64  # 150 rows: runs of 64, 64 and 22
+    several = session(y_true, logits)
+    np.testing.assert_allclose(several, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(several, one_run)  # runs aligned to 64 elements change no bit
+
+
+def test_rows_per_run_fills_the_cache_on_the_cpu_and_takes_everything_elsewhere():
+    from export.runtime import CPU, CUDA, RUN_ELEMENTS, rows_per_run
+
+    assert rows_per_run((16384, 1000), CPU) == RUN_ELEMENTS["softmax"] // 1000 // 8 * 8  # 8 rows: 8000 = 125 x 64
+    assert rows_per_run((16384, 1000), CPU, element_wise=True) == RUN_ELEMENTS["element-wise"] // 1000 // 8 * 8
+    assert rows_per_run((4, 10 ** 7), CPU) == 1  # a row wider than a run is still one run
+    assert rows_per_run((16384, 1000), CUDA) == 16384
+    assert rows_per_run((0, 1000), CPU) >= 1

@@ -413,3 +413,36 @@ def test_plot_without_matplotlib_is_one_line_naming_the_extra(nhwc, tmp_path):
     line = one_line_error(result, "eval")
     assert "eval --plot needs matplotlib" in line and "focalgraph[bench]" in line
     assert not (tmp_path / "l.npy").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_prefetched_keeps_order_raises_the_readers_error_in_place_and_stops_the_reader():
+    import threading
+
+    from export.evaluation import prefetched
+
+    with prefetched(iter(range(50))) as items:
+        assert list(items) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise UsageError("--predictions: row 2 is broken")
+
+    seen = []
+    with pytest.raises(UsageError, match="row 2 is broken"):
+        with prefetched(failing()) as items:
+            for item in items:
+                seen.append(item)
+    assert seen == [1, 2]
+
+    reads = []
+
+    def endless():
+        while True:
+            reads.append(len(reads))
+            yield len(reads)
+
+    with prefetched(endless(), depth=2) as items:
+        assert next(items) == 1
+    assert not any(thread.name == "focalgraph-eval-reader" for thread in threading.enumerate())
+    assert len(reads) <= 5  # the reader stopped a few items ahead, it did not read on
