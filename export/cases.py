@@ -41,7 +41,8 @@ def tensor_dimension_names(spec: FocalSpec) -> dict[str, tuple[str, ...]]:
     loss = names if spec.loss_shape == "classes" else without_classes + (("1",) if spec.loss_shape == "one" else ())
     true_name, prediction_name = spec.input_names
     return {true_name: without_classes if spec.sparse else names, prediction_name: names, "weights": loss,
-            "loss": loss, "per_sample": names[:1], "sum": (), "mean": ()}
+            "loss": loss, "per_sample": names[:1], "sum": (), "mean": (), "normalized": (),
+            "per_sample_normalized": names[:1]}
 
 
 def _classes_last(spec: FocalSpec, shape) -> tuple[int, ...]:

@@ -135,6 +135,7 @@ def test_onnx_dimensions_are_named_and_shared_between_inputs_and_outputs(tmp_pat
     assert values == {
         "targets": ["N", "H", "W", "C"], "logits": ["N", "H", "W", "C"],
         "loss": ["N", "H", "W", "C"], "per_sample": ["N"], "sum": [], "mean": [],
+        "normalized": [], "per_sample_normalized": ["N"],  # the sigmoid variant's (issue 12)
     }
 
 
