@@ -137,9 +137,12 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
         check_sources(spec, predicted, truth, extra)
         batch_size = sources.rows_per_batch(batch_size, predicted)
         dtype = np.float64 if weight_column is not None else np.dtype(spec.dtype)
-        sink = sinks.open_sink(out, predicted.rows, dtype) if out is not None else None
-        staged_summary = None
+        sink = staged_summary = None
         try:
+            # inside the try: an interrupt (SIGINT, SIGTERM, SIGHUP) just after the temporary file
+            # appears still discards it
+            if out is not None:
+                sink = sinks.open_sink(out, predicted.rows, dtype)
             bar = _progress_bar(predicted.rows, progress)
             streams = [sources.rebatched(predicted.arrays(batch_size), batch_size),
                        sources.rebatched(truth.arrays(batch_size), batch_size)]

@@ -404,9 +404,12 @@ class StagedFiles:
         with self.reporting(flag, destination):
             remove_abandoned(destination)
             temporary = _temporary(destination, "partial")
+            # registered before it exists, so that an interrupt between creating and registering it
+            # cannot leave it behind (`discard` unlinks it, file or not)
+            self._files.append((flag, destination, temporary, None))
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
             file = os.fdopen(descriptor, "wb")
-            self._files.append((flag, destination, temporary, file))
+            self._files[-1] = (flag, destination, temporary, file)
             if size:
                 _reserve(descriptor, size)
         return file
@@ -439,8 +442,9 @@ class StagedFiles:
 
     def discard(self) -> None:
         for _, _, temporary, file in self._files:
-            with contextlib.suppress(OSError):
-                file.close()
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    file.close()
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
         self._files = []

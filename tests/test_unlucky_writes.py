@@ -268,3 +268,17 @@ def test_two_exports_to_one_out_at_once_one_wins_the_other_fails_in_one_line(wor
     spec = artifact.loss_artifact(out)
     assert spec.gamma == (1.0 if winners[0] is processes[0] else 3.0)
     assert [p.name for p in out.parent.iterdir()] == ["artifact"]
+
+
+def test_an_interrupt_just_after_the_temporary_file_appears_leaves_nothing(tmp_path, monkeypatch):
+    """The file exists from os.open on; an interrupt before it is registered used to leave it."""
+    from export import sinks
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writing.os, "fdopen", interrupted)  # the step right after os.open
+    with pytest.raises(KeyboardInterrupt):
+        sinks.NpySink(tmp_path / "losses.npy", 4, np.float32)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
