@@ -115,26 +115,38 @@ def pixel_losses(logits, labels) -> np.ndarray:
     return np.where(kept, -(-np.expm1(log_p_t)) ** GAMMA * log_p_t, 0.0)
 
 
-def check(out: Path) -> int:
-    """Every loss number export, attach and eval wrote against `pixel_losses`; 0 when all agree."""
+def check(out: Path, channels_first: bool = False) -> int:
+    """Every loss number export, attach and eval wrote against `pixel_losses` (on the classes-last
+    transpose of (N, C, H, W) logits with ``channels_first``); 0 when all agree."""
     import onnxruntime
     import pyarrow.parquet as pq
 
     from export.batches import column_array
 
+    def classes_last(logits):
+        return np.moveaxis(logits, 1, -1) if channels_first else logits
+
     table = pq.read_table(out / "outputs.parquet")
     logits, labels = column_array(table["logits"], "logits"), column_array(table["labels"], "labels")
-    pixel = pixel_losses(logits, labels)
+    images, masks = np.load(out / "images.npy"), np.load(out / "masks.npy")
+    figures = {}  # name: (focalgraph's numbers, the reference)
+    if channels_first:
+        if logits.ndim != 4 or logits.shape[1] != CLASSES:
+            print(f"FAIL the Parquet's logits are {logits.shape}, not (N, {CLASSES}, H, W)")
+            return 1
+        figures["model's logits (ONNX Runtime) = float64 numpy convolutions"] = (
+            logits, model_logits_float64(out, images))
+    pixel = pixel_losses(classes_last(logits), labels)
     per_image = pixel.sum(axis=(1, 2))
     kept = labels != IGNORE
     summary = json.loads((out / "summary.json").read_text())
-    figures = {  # name: (focalgraph's numbers, the reference)
+    figures.update({
         "eval per-image losses (--out)": (np.load(out / "per_image.npy"), per_image),
         "eval sum": (summary["sum"], per_image.sum()),
         "eval mean per image": (summary["mean"], per_image.mean()),
         "eval mean per pixel": (summary["mean_per_position"], pixel.sum() / kept.sum()),
         "eval ignored pixels": (summary["ignored_positions"], (~kept).sum()),
-    }
+    })
     for entry in summary["per_class"]:
         members = labels == entry["class"]
         figures[f"eval class {entry['class']} pixels"] = (entry["count"], members.sum())
@@ -143,13 +155,13 @@ def check(out: Path) -> int:
     # the model with its loss attached, run on the images themselves
     session = onnxruntime.InferenceSession(str(out / "segmenter_with_loss.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(None, {"image": np.load(out / "images.npy"), "labels": np.load(out / "masks.npy")})))
-    attached = pixel_losses(got["logits"], np.load(out / "masks.npy"))
+    got = dict(zip(names, session.run(None, {"image": images, "labels": masks})))
+    attached = pixel_losses(classes_last(got["logits"]), masks)
     figures["attached model's logits = the Parquet's"] = (got["logits"], logits)
-    figures["attached focal_loss (per pixel)"] = (got["focal_loss"], attached)
+    figures["attached focal_loss (per pixel, (N, H, W))"] = (got["focal_loss"], attached)
     figures["attached focal_per_sample"] = (got["focal_per_sample"], attached.sum(axis=(1, 2)))
     figures["attached focal_sum"] = (got["focal_sum"], attached.sum())
-    figures["attached focal_mean (per kept pixel)"] = (got["focal_mean"], attached.sum() / kept.sum())
+    figures["attached focal_mean (per kept pixel)"] = (got["focal_mean"], attached.sum() / (masks != IGNORE).sum())
     return report(figures)
 
 
@@ -214,49 +226,6 @@ def model_logits_float64(out: Path, images) -> np.ndarray:
     return np.einsum("nchw,kc->nkhw", hidden, weights["w2"][:, :, 0, 0]) + weights["b2"][:, None, None]
 
 
-def check_channels_first(out: Path) -> int:
-    """As `check`, for the (N, C, H, W) model: eval's and the attached model's numbers against
-    `pixel_losses` on the classes-last transpose of the logits; 0 when all agree."""
-    import onnxruntime
-    import pyarrow.parquet as pq
-
-    from export.batches import column_array
-
-    table = pq.read_table(out / "outputs.parquet")
-    logits, labels = column_array(table["logits"], "logits"), column_array(table["labels"], "labels")
-    if logits.ndim != 4 or logits.shape[1] != CLASSES:
-        print(f"FAIL the Parquet's logits are {logits.shape}, not (N, {CLASSES}, H, W)")
-        return 1
-    pixel = pixel_losses(np.moveaxis(logits, 1, -1), labels)  # (N, C, H, W) -> (N, H, W, C)
-    per_image = pixel.sum(axis=(1, 2))
-    kept = labels != IGNORE
-    summary = json.loads((out / "summary.json").read_text())
-    images, masks = np.load(out / "images.npy"), np.load(out / "masks.npy")
-    figures = {
-        "model's logits (ONNX Runtime) = float64 numpy convolutions": (logits, model_logits_float64(out, images)),
-        "eval per-image losses (--out)": (np.load(out / "per_image.npy"), per_image),
-        "eval sum": (summary["sum"], per_image.sum()),
-        "eval mean per image": (summary["mean"], per_image.mean()),
-        "eval mean per pixel": (summary["mean_per_position"], pixel.sum() / kept.sum()),
-        "eval ignored pixels": (summary["ignored_positions"], (~kept).sum()),
-    }
-    for entry in summary["per_class"]:
-        members = labels == entry["class"]
-        figures[f"eval class {entry['class']} pixels"] = (entry["count"], members.sum())
-        if members.any():
-            figures[f"eval class {entry['class']} mean loss"] = (entry["mean_loss"], pixel[members].mean())
-    session = onnxruntime.InferenceSession(str(out / "segmenter_with_loss.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(None, {"image": images, "labels": masks})))
-    attached = pixel_losses(np.moveaxis(got["logits"], 1, -1), masks)
-    figures["attached model's logits = the Parquet's"] = (got["logits"], logits)
-    figures["attached focal_loss (per pixel, (N, H, W))"] = (got["focal_loss"], attached)
-    figures["attached focal_per_sample"] = (got["focal_per_sample"], attached.sum(axis=(1, 2)))
-    figures["attached focal_sum"] = (got["focal_sum"], attached.sum())
-    figures["attached focal_mean (per kept pixel)"] = (got["focal_mean"], attached.sum() / (masks != IGNORE).sum())
-    return report(figures)
-
-
 def report(figures) -> int:
     failed = 0
     for name, (value, want) in figures.items():
@@ -277,5 +246,5 @@ if __name__ == "__main__":
     places = [argument for argument in arguments if argument not in ("--channels-first", "--check")]
     out = Path(places[0] if places else "/tmp/focalgraph-segmentation" + ("-nchw" if channels_first else ""))
     if checking:
-        sys.exit((check_channels_first if channels_first else check)(out))
+        sys.exit(check(out, channels_first))
     (channels_first_model if channels_first else train)(out)
