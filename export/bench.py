@@ -391,34 +391,23 @@ def markdown(results: dict) -> str:
             + (f"export took {entry['export_seconds']:.1f} s; " if entry["export_seconds"] is not None else "")
             + f"floor: {floor}; ONNX Runtime ran on {entry['onnxruntime']['provider']}; "
             f"Keras in ONNX Runtime: {entry['keras_onnxruntime']}.",
-            "",
-            "ONNX Runtime:",
-            "",
-            "| shape | " + " | ".join(forms) + " | Keras | floor | per_sample / floor | Keras / per_sample |",
-            "| --- | " + " | ".join("---:" for _ in forms) + " | ---: | ---: | ---: | ---: |",
         ]
-        for row in entry["sizes"]:
-            lines.append(
-                f"| {'x'.join(map(str, row['shape']))} | "
-                + " | ".join(_cell(row, f"onnxruntime:{form}") for form in forms)
-                + f" | {_cell(row, 'keras:onnxruntime')} | {_cell(row, 'floor:onnxruntime')} | "
-                f"{_ratio_cell(row, f'onnxruntime:{PEER} / floor')} | {_ratio_cell(row, f'keras:onnxruntime / onnxruntime:{PEER}')} |"
-            )
-        lines += [
-            "",
-            "TensorFlow (the SavedModel's signatures):",
-            "",
-            "| shape | " + " | ".join(forms) + " | Keras | floor | per_sample / floor | Keras / per_sample | TF / ORT (per_sample) |",
-            "| --- | " + " | ".join("---:" for _ in forms) + " | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in entry["sizes"]:
-            lines.append(
-                f"| {'x'.join(map(str, row['shape']))} | "
-                + " | ".join(_cell(row, f"tensorflow:{form}") for form in forms)
-                + f" | {_cell(row, 'keras:tensorflow')} | {_cell(row, 'floor:tensorflow')} | "
-                f"{_ratio_cell(row, 'tensorflow:per_sample / floor')} | {_ratio_cell(row, f'keras:tensorflow / tensorflow:{PEER}')} | "
-                f"{_ratio_cell(row, f'tensorflow:{PEER} / onnxruntime:{PEER}')} |"
-            )
+        # one table per backend; TensorFlow's adds its ratio to ONNX Runtime
+        for backend, title, extra in (
+            ("onnxruntime", "ONNX Runtime:", {}),
+            ("tensorflow", "TensorFlow (the SavedModel's signatures):",
+             {"TF / ORT (per_sample)": f"tensorflow:{PEER} / onnxruntime:{PEER}"}),
+        ):
+            headers = [*forms, "Keras", "floor", f"{PEER} / floor", f"Keras / {PEER}", *extra]
+            lines += ["", title, "", "| shape | " + " | ".join(headers) + " |",
+                      "| --- | " + " | ".join("---:" for _ in headers) + " |"]
+            for row in entry["sizes"]:
+                cells = [_cell(row, f"{backend}:{form}") for form in forms]
+                cells += [_cell(row, f"keras:{backend}"), _cell(row, f"floor:{backend}"),
+                          _ratio_cell(row, f"{backend}:{PEER} / floor"),
+                          _ratio_cell(row, f"keras:{backend} / {backend}:{PEER}")]
+                cells += [_ratio_cell(row, ratio) for ratio in extra.values()]
+                lines.append(f"| {'x'.join(map(str, row['shape']))} | " + " | ".join(cells) + " |")
         lines.append("")
     if "startup" in results:
         lines += ["## Start-up (cold process, median of 3)", ""]
