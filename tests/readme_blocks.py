@@ -16,6 +16,14 @@ def readme_lines(heading, first_line):
     return [line for line in block.strip().splitlines() if line.strip()]
 
 
+def scratch_checkout(directory):
+    """``directory`` laid out as the repository's root for the README's commands: its .venv and
+    examples/ are the project's (the commands call .venv/bin/..., as a newcomer would)."""
+    for name in (".venv", "examples"):
+        (directory / name).symlink_to(ROOT / name)
+    return directory
+
+
 def run_lines(lines, cwd, replacements):
     """Each line in bash from ``cwd`` (whose .venv is the project's), paths replaced."""
     results = []

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from exporting import ROOT
-from readme_blocks import readme_lines, run_lines
+from readme_blocks import readme_lines, run_lines, scratch_checkout
 
 
 @pytest.mark.slow
@@ -15,10 +14,8 @@ def test_dense_detection_example_runs_and_every_figure_agrees(tmp_path):
     lines = readme_lines("### Worked example: dense detection", ".venv/bin/python examples/detection.py train")
     assert [line.split()[1] for line in lines] == ["examples/detection.py", "export", "attach", "eval",
                                                    "examples/detection.py"]
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the commands call .venv/bin/..., as a newcomer would
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
     work = tmp_path / "detection"
-    results = run_lines(lines, tmp_path, {"/tmp/focalgraph-detection": work})
+    results = run_lines(lines, scratch_checkout(tmp_path), {"/tmp/focalgraph-detection": work})
     for line, result in zip(lines, results):
         assert result.returncode == 0, line + "\n" + result.stdout + result.stderr
     check = results[-1].stdout

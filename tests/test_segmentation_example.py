@@ -1,8 +1,6 @@
 """The README's segmentation example runs as written, and its numbers are the formula's."""
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import onnx
@@ -10,8 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import reference
-from exporting import ROOT
-from readme_blocks import readme_lines
+from readme_blocks import readme_lines, run_lines, scratch_checkout
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +17,11 @@ def test_segmentation_example_runs_from_training_to_onnx_evaluation(tmp_path):
     lines = readme_lines("### Segmentation", ".venv/bin/python examples/segmentation.py")
     assert [line.split()[1] for line in lines] == ["examples/segmentation.py", "export", "attach", "eval",
                                                     "examples/segmentation.py"]
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the commands call .venv/bin/..., as a newcomer would
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
     work = tmp_path / "segmentation"
-    script = "\n".join(lines).replace("/tmp/focalgraph-segmentation", str(work))
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "18 of 18 figures agree with float64 numpy within 1e-05" in result.stdout
+    results = run_lines(lines, scratch_checkout(tmp_path), {"/tmp/focalgraph-segmentation": work})
+    for line, result in zip(lines, results):
+        assert result.returncode == 0, line + "\n" + result.stdout + result.stderr
+    assert "18 of 18 figures agree with float64 numpy within 1e-05" in results[-1].stdout
     # a second opinion, from the tests' own float64 transcription
     table = pq.read_table(work / "outputs.parquet")
     logits, labels = np.array(table["logits"].to_pylist()), np.array(table["labels"].to_pylist())
@@ -47,14 +41,12 @@ def test_channels_first_segmentation_example_runs_with_an_axis_1_loss(tmp_path):
         ["examples/segmentation.py", "--channels-first"], ["export", "--variant"], ["attach", "--model"],
         ["eval", "/tmp/focalgraph-segmentation-nchw/loss"], ["examples/segmentation.py", "--channels-first"]]
     assert "--axis 1" in lines[1]
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
     work = tmp_path / "segmentation-nchw"
-    script = "\n".join(lines).replace("/tmp/focalgraph-segmentation-nchw", str(work))
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "19 of 19 figures agree with float64 numpy within 1e-05" in result.stdout
+    replacements = {"/tmp/focalgraph-segmentation-nchw": work}
+    results = run_lines(lines, scratch_checkout(tmp_path), replacements)
+    for line, result in zip(lines, results):
+        assert result.returncode == 0, line + "\n" + result.stdout + result.stderr
+    assert "19 of 19 figures agree with float64 numpy within 1e-05" in results[-1].stdout
     graph = onnx.load(str(work / "segmenter_with_loss.onnx")).graph
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(graph.input) + list(graph.output)}
@@ -75,7 +67,6 @@ def test_channels_first_segmentation_example_runs_with_an_axis_1_loss(tmp_path):
     # the check can fail: one number off by 1e-4 relative is caught
     summary["sum"] *= 1 + 1e-4
     (work / "summary.json").write_text(json.dumps(summary))
-    tampered = subprocess.run(lines[-1].replace("/tmp/focalgraph-segmentation-nchw", str(work)).split(), cwd=tmp_path,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    tampered, = run_lines(lines[-1:], tmp_path, replacements)
     assert tampered.returncode == 1 and "FAIL eval sum" in tampered.stdout
     assert "18 of 19 figures agree" in tampered.stdout
