@@ -38,23 +38,41 @@ def column_array(column, name: str, *, first_row: int = 0) -> np.ndarray:
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
         if values.null_count:
             raise UsageError(f"{name}: a null in row {first_row + _first_null(values) // per_row}")
+        # The child values of these lists, a zero-copy slice (no nulls, so no list is skipped);
+        # ``.values`` alone ignores the array's own offset, and ``.flatten()`` imports
+        # pyarrow.compute (0.2 s at start-up).
         if pa.types.is_fixed_size_list(values.type):
             width = values.type.list_size
+            start, count = values.offset * width, len(values) * width
         else:
-            lengths = np.diff(values.offsets.to_numpy())
+            offsets = values.offsets.to_numpy()
+            lengths = np.diff(offsets)
             width = int(lengths[0]) if len(lengths) else 0
             ragged = np.flatnonzero(lengths != width)
             if ragged.size:
                 raise UsageError(f"{name}: row {first_row + int(ragged[0]) // per_row} has a list of "
                                  f"{int(lengths[ragged[0]])} values where row {first_row} has {width} (ragged rows)")
+            start, count = int(offsets[0]), int(offsets[-1] - offsets[0])
         shape.append(width)
         per_row *= width
-        values = values.flatten()  # honours the slice's offset, unlike .values
+        values = values.values.slice(start, count)
     if values.null_count:
         raise UsageError(f"{name}: a null in row {first_row + _first_null(values) // max(per_row, 1)}")
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
         raise UsageError(f"{name}: values of type {values.type}; expected numbers (or lists of numbers)")
-    return values.to_numpy(zero_copy_only=False).reshape(shape)
+    return _numpy_values(values).reshape(shape)
+
+
+def _numpy_values(values) -> np.ndarray:
+    """A flat Arrow array of numbers without nulls as numpy: a view of its data buffer (Arrow's
+    ``to_numpy`` imports pandas, 0.25 s at eval's start-up), a copy for bit-packed booleans."""
+    import pyarrow as pa
+
+    kind = "f" if pa.types.is_floating(values.type) else "i" if pa.types.is_signed_integer(values.type) else "u"
+    if pa.types.is_boolean(values.type):
+        return values.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(f"{kind}{values.type.bit_width // 8}")
+    return np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
 def _first_null(values) -> int:
@@ -66,11 +84,21 @@ def arrow_column(array: np.ndarray):
     the first, zero-copy (the inverse of `column_array`)."""
     import pyarrow as pa
 
-    array = np.ascontiguousarray(array)
-    column = pa.array(array.reshape(-1))
+    column = flat_column(array)
     for width in reversed(array.shape[1:]):
         column = pa.FixedSizeListArray.from_arrays(column, width)
     return column
+
+
+def flat_column(array: np.ndarray):
+    """A numpy array's values, flattened, as an Arrow array: zero-copy for numbers in native byte
+    order (``pa.array`` of a numpy array imports pandas, 0.25 s at eval's start-up)."""
+    import pyarrow as pa
+
+    array = np.ascontiguousarray(array).reshape(-1)
+    if array.dtype.kind not in "iuf" or not array.dtype.isnative:
+        return pa.array(array)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(array.dtype), len(array), [None, pa.py_buffer(array)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +152,9 @@ def check_dtypes(spec: FocalSpec, prediction_dtype, truth_dtype, *, predictions:
 def checked_predictions(spec: FocalSpec, batch: np.ndarray, first_row: int, name: str = "--predictions") -> np.ndarray:
     with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: caught below
         batch = np.ascontiguousarray(batch, dtype=spec.dtype)
-    flat = batch.reshape(len(batch), -1)
+    if _finite(batch) if spec.from_logits else _within(batch, 0.0, 1.0):
+        return batch
+    flat = batch.reshape(len(batch), -1)  # something is wrong: find the first row at fault
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         row = int(np.argmax(bad))
@@ -136,6 +166,31 @@ def checked_predictions(spec: FocalSpec, batch: np.ndarray, first_row: int, name
             raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has a probability outside [0, 1] "
                              "(this loss takes probabilities, not logits)")
     return batch
+
+
+# The checks below only say whether a batch is sound, reading it once or twice; the slower checks
+# after them find the row at fault when it is not. Per 4 MiB batch of float32 (1048 x 1000, out
+# of cache; minima of 5 rounds of 60 batches): a matrix-vector product 0.26 ms, min and max
+# 0.85 ms, a finite mask and its rows' all() 0.79 ms.
+
+
+def _finite(batch: np.ndarray) -> bool:
+    """Whether every value of ``batch`` is finite: its rows times a zero vector (one read, in
+    BLAS), which is NaN for a row holding a NaN or an infinity (0 * inf is NaN)."""
+    flat = batch.reshape(len(batch), -1)
+    if flat.dtype not in (np.float32, np.float64) or not flat.size:
+        return bool(np.isfinite(flat).all())
+    with np.errstate(invalid="ignore"):
+        return bool(np.isfinite(flat @ np.zeros(flat.shape[1], flat.dtype)).all())
+
+
+def _within(batch: np.ndarray, low: float, high: float) -> bool:
+    """Whether every value of ``batch`` is finite and in [low, high]: its minimum and maximum,
+    two reads (numpy's min and max are NaN when any value is NaN)."""
+    if not batch.size:
+        return True
+    smallest, largest = batch.min(), batch.max()
+    return bool(np.isfinite(smallest) and np.isfinite(largest) and smallest >= low and largest <= high)
 
 
 def checked_labels(spec: FocalSpec, batch: np.ndarray, first_row: int, classes: int, name: str = "--labels") -> np.ndarray:
@@ -151,6 +206,8 @@ def checked_labels(spec: FocalSpec, batch: np.ndarray, first_row: int, classes: 
             raise UsageError(f"{name}: row {first_row + row} has label {int(value)}; expected a class in {allowed}")
         return np.ascontiguousarray(batch, dtype=np.int64)
     batch = np.ascontiguousarray(batch, dtype=spec.dtype)
+    if _within(batch, 0.0, 1.0):  # ignore_index is outside [0, 1]: none here
+        return batch
     valid = (batch >= 0) & (batch <= 1)  # NaN fails too
     if spec.ignore_index is not None:  # sigmoid: RetinaNet's -1 for anchors between the IoU thresholds
         valid |= batch == spec.ignore_index
@@ -167,6 +224,8 @@ def checked_loss_weights(spec: FocalSpec, weights: np.ndarray, first_row: int, n
         raise UsageError(f"{name}: dtype {weights.dtype}; expected numbers >= 0")
     with np.errstate(over="ignore"):
         batch = np.ascontiguousarray(weights, dtype=spec.dtype)
+    if _within(batch, 0.0, np.inf):
+        return batch
     bad = ~(np.isfinite(batch) & (batch >= 0)).reshape(len(batch), -1).all(axis=1)
     if bad.any():
         raise UsageError(f"{name}: row {first_row + int(np.argmax(bad))} has a weight that is not a finite number >= 0")
@@ -274,7 +333,7 @@ class BatchEvaluator:
         if len(predictions):  # an empty batch has no row shape to summarise by, and adds nothing
             summary = LossSummary(spec, predictions.shape[1:], self.top_k)
             summary.add(losses, labels, elements=elements, first_row=first_row, ids=ids)
-        arrays, fields = [pa.array(losses)], [LOSS_COLUMN]
+        arrays, fields = [flat_column(losses)], [LOSS_COLUMN]
         if ids is not None:
             arrays.insert(0, ids)
             fields.insert(0, self.id_column)

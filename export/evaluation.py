@@ -276,6 +276,16 @@ def check_outputs(artifact_path, out, summary, predictions, labels, plot=None, w
 
 
 def _progress_bar(rows: int, enabled: bool):
+    if not enabled:  # tqdm's import alone took 0.09 s
+        return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=rows, unit="rows", unit_scale=True, disable=not enabled, leave=False)
+    return tqdm(total=rows, unit="rows", unit_scale=True, leave=False)
+
+
+class _NoProgress:
+    def update(self, rows: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -69,7 +69,9 @@ class NpySink:
             raise
 
     def write(self, batch) -> None:
-        losses = batch.column(batch.schema.names.index("loss")).to_numpy(zero_copy_only=False)
+        from export.batches import column_array
+
+        losses = column_array(batch.column(batch.schema.names.index("loss")), "--out")
         with self.files.reporting("--out", self.out):
             self.file.write(np.ascontiguousarray(losses, dtype=self.dtype).tobytes())
         self.written += len(losses)

@@ -30,6 +30,7 @@ _LIMB_MASK = (1 << _LIMB_BITS) - 1
 # halves below 2**27, so 2**25 values per call keep every bin below 2**52.
 _HALF = 27
 _CHUNK = 1 << 25
+_PENDING_LIMIT = 1 << 28  # float32 values whose (key, exponent) sums wait in float64 (exact below 2**29)
 
 
 class ExactSums:
@@ -38,7 +39,34 @@ class ExactSums:
     additions and merges never changes the result, which ``floats()`` rounds once, correctly."""
 
     def __init__(self, size: int):
-        self.limbs = np.zeros((size, _LIMBS), np.int64)
+        self.size = size
+        self._limbs = None  # (size, _LIMBS) int64, allocated when first needed
+        # float32 values not yet in the limbs: (lowest exponent, their float64 sums per key and
+        # exponent from it), exact while fewer than 2**29 values are pending (`_add_single`);
+        # None when there are none
+        self._pending, self._pending_values = None, 0
+
+    @property
+    def limbs(self) -> np.ndarray:
+        """The sums as integers in units of 2**-1074, in 32-bit limbs (the pending float32
+        sums added in first)."""
+        if self._pending is not None:
+            (lowest, pending), self._pending, self._pending_values = self._pending, None, 0
+            used = np.flatnonzero(pending)
+            # each bin's sum is a multiple of its exponent's ulp: `_add` takes it exactly
+            self._add(used // pending.shape[1], pending.ravel()[used])
+        return self._limb_array()
+
+    def _limb_array(self) -> np.ndarray:
+        """The limbs without the pending sums (allocated on first use)."""
+        if self._limbs is None:
+            self._limbs = np.zeros((self.size, _LIMBS), np.int64)
+        return self._limbs
+
+    @limbs.setter
+    def limbs(self, value: np.ndarray) -> None:
+        self._limbs, self._pending, self._pending_values = value, None, 0
+        self.size = len(value)
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         single = np.asarray(values).dtype == np.float32
@@ -52,17 +80,35 @@ class ExactSums:
 
     def _add_single(self, keys: np.ndarray, values: np.ndarray) -> None:
         """float32 ``values`` (a loss's elements, as ONNX Runtime returns them), in fewer passes:
-        those of one exponent are multiples of one ulp below 2**24 ulps, so float64 sums up to
-        2**29 of them (`_CHUNK` is 2**25) per (key, exponent) are exact; only those few sums go
-        through `_add`. On 1,048,600 values of 200 keys: 0.065 s, where `_add` took 0.197 s
-        (minima of 5 runs on the 2-core machine)."""
+        those of one exponent are multiples of one ulp below 2**24 ulps, so float64 sums of up
+        to 2**29 of them per (key, exponent) are exact. Those sums are kept pending, across
+        calls and merges, and go through `_add` into the limbs only when ``limbs`` is read or
+        2**28 values are pending: one bincount per batch instead of a pass over the limbs."""
+        if self._pending_values + len(values) > _PENDING_LIMIT:
+            self.limbs  # noqa: B018  (flushes the pending sums)
         exponent = ((values.view(np.uint32) >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
         exponent = np.maximum(exponent, 1)  # subnormals share the ulp of exponent 1
-        lowest = int(exponent.min()) if len(exponent) else 1
-        span = int(exponent.max()) - lowest + 1 if len(exponent) else 1
-        sums = np.bincount(keys * span + (exponent - lowest), values.astype(np.float64), len(self.limbs) * span)
-        used = np.flatnonzero(sums)
-        self._add(used // span, sums[used])
+        if not len(exponent):
+            return
+        lowest, span = int(exponent.min()), int(exponent.max()) - int(exponent.min()) + 1
+        sums = np.bincount(keys * span + (exponent - lowest), values.astype(np.float64), self.size * span)
+        self._add_pending(lowest, sums.reshape(self.size, span), len(values))
+
+    def _add_pending(self, lowest: int, sums: np.ndarray, values: int) -> None:
+        """Add (size, span) float64 sums of float32 values of exponents ``lowest`` on to the
+        pending ones (exact: see `_add_single`), widening their exponent range as needed."""
+        if self._pending is None:
+            self._pending = (lowest, sums.copy())
+        else:
+            start, pending = self._pending
+            low, high = min(start, lowest), max(start + pending.shape[1], lowest + sums.shape[1])
+            if (low, high) != (start, start + pending.shape[1]):
+                wider = np.zeros((self.size, high - low))
+                wider[:, start - low:start - low + pending.shape[1]] = pending
+                start, pending = low, wider
+            pending[:, lowest - start:lowest - start + sums.shape[1]] += sums
+            self._pending = (start, pending)
+        self._pending_values += values
 
     def _add(self, keys: np.ndarray, values: np.ndarray) -> None:
         nonzero = values != 0
@@ -78,7 +124,7 @@ class ExactSums:
         sign = np.where(values < 0, -1.0, 1.0)
         lowest, span = int(exponent.min()), int(exponent.max()) - int(exponent.min()) + 1
         index = keys * span + (exponent - lowest)
-        bins = len(self.limbs) * span
+        bins = self.size * span
         high = np.bincount(index, (mantissa >> np.uint64(_HALF)).astype(np.float64) * sign, bins)
         low = np.bincount(index, (mantissa & np.uint64((1 << _HALF) - 1)).astype(np.float64) * sign, bins)
         used = np.flatnonzero((high != 0) | (low != 0))
@@ -96,7 +142,7 @@ class ExactSums:
         mask, width = np.uint64(_LIMB_MASK), np.uint64(_LIMB_BITS)
         low = (magnitude & mask) << offset  # < 2**63
         high = (magnitude >> width) << offset  # < 2**52
-        flat = self.limbs.reshape(-1)
+        flat = self._limb_array().reshape(-1)
         for shift, piece in ((0, low & mask), (1, low >> width), (1, high & mask), (2, high >> width)):
             np.add.at(flat, key * _LIMBS + limb + shift, piece.astype(np.int64) * sign)
 
@@ -105,9 +151,10 @@ class ExactSums:
         Only limbs ``first`` to ``last`` can have grown; a carry moves at most 2 limbs up."""
         last = min(last + 2, _LIMBS)
         for _ in range(2):  # a carry is < 2**32, so a second pass settles what the first moved
-            carry = self.limbs[:, first:last - 1] >> _LIMB_BITS
-            self.limbs[:, first:last - 1] &= _LIMB_MASK
-            self.limbs[:, first + 1:last] += carry
+            limbs = self._limb_array()
+            carry = limbs[:, first:last - 1] >> _LIMB_BITS
+            limbs[:, first:last - 1] &= _LIMB_MASK
+            limbs[:, first + 1:last] += carry
 
     def merge(self, other: ExactSums) -> ExactSums:
         merged = ExactSums(0)
@@ -116,12 +163,20 @@ class ExactSums:
 
     def absorb(self, other: ExactSums) -> ExactSums:
         """Add ``other``'s sums into these (in place); returns self."""
-        if other.limbs.shape != self.limbs.shape:
-            raise ValueError(f"other: {len(other.limbs)} sums; these are {len(self.limbs)}")
-        used = np.flatnonzero(other.limbs.any(axis=0))
+        if other.size != self.size:
+            raise ValueError(f"other: {other.size} sums; these are {self.size}")
+        if other._pending is not None and self._pending_values + other._pending_values <= _PENDING_LIMIT:
+            # pending float32 sums add exactly while fewer than 2**29 values are behind them
+            self._add_pending(*other._pending, other._pending_values)
+            if other._limbs is None:
+                return self
+            other_limbs = other._limbs
+        else:
+            other_limbs = other.limbs
+        used = np.flatnonzero(other_limbs.any(axis=0))
         if len(used):
             first, last = int(used[0]), int(used[-1]) + 1
-            self.limbs[:, first:last] += other.limbs[:, first:last]
+            self._limb_array()[:, first:last] += other_limbs[:, first:last]
             self._carry(first, last)
         return self
 
@@ -197,12 +252,16 @@ class LossSummary:
         losses without a class axis, whose element is ``losses``; ``first_row`` the batch's first row
         in the whole input (None where that is unknown: the ``ids`` then name the rows); ``ids``
         (n,) or None."""
-        losses = np.asarray(losses, dtype=np.float64)
+        losses = np.asarray(losses)
+        # float32 losses (as ONNX Runtime returns them) are summed as float32: the same exact
+        # sums (`ExactSums`), faster; the other figures take them as float64
+        summed = losses if losses.dtype == np.float32 else losses.astype(np.float64)
+        losses = losses.astype(np.float64)
         labels = np.asarray(labels)
         if len(self.row_shape) == 1 and not self.own_class_loss:
             # one position per row: its loss is the per-sample loss, which 16-bit losses give
             # in float32 where their elements are 16-bit
-            elements = losses
+            elements = summed
         elif elements is None:
             raise ValueError(f"elements: the unreduced loss is needed for rows of shape {self.row_shape} "
                              f"({self.spec.name})")
@@ -215,7 +274,7 @@ class LossSummary:
             if self.own_class_loss:
                 elements = np.moveaxis(elements, self.spec.class_axis, -1)
         self.count += len(losses)
-        self.total.add(np.zeros(len(losses), np.int64), losses)
+        self.total.add(np.zeros(len(losses), np.int64), summed)
         ignored = None
         if self.spec.ignore_index is not None:  # sparse labels or sigmoid targets
             ignored = labels == self.spec.ignore_index

@@ -62,6 +62,35 @@ def test_float32_values_sum_exactly_as_their_float64_values(pairs):
         int(sum((Fraction(float(v)) for k, v in pairs if k == key), Fraction(0)) * 2 ** 1074) for key in range(C)]
 
 
+@pytest.mark.parametrize("pending_limit", [None, 5])
+@given(st.lists(st.tuples(st.integers(0, C - 1), st.floats(width=32, allow_nan=False, allow_infinity=False)), max_size=80),
+       st.lists(st.integers(0, 80), max_size=6), st.randoms(use_true_random=False))
+def test_float32_sums_kept_pending_across_batches_and_merges_stay_exact(pending_limit, pairs, cuts, random):
+    """float32 sums wait in float64 bins per (key, exponent) across adds and merges; some parts
+    are flushed into the limbs (read) and some not, and a small limit forces flushes midway."""
+    import export.summary as summary
+
+    limit = summary._PENDING_LIMIT
+    summary._PENDING_LIMIT = pending_limit or limit
+    try:
+        parts = []
+        for chunk in split(pairs, cuts):
+            part = ExactSums(C)
+            for half in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]):
+                part.add(np.array([k for k, _ in half], np.int64), np.array([v for _, v in half], np.float32))
+            if random.random() < 0.5:
+                part.limbs  # noqa: B018  (into the limbs now)
+            parts.append(part)
+        random.shuffle(parts)
+        merged = ExactSums(C)
+        for part in parts:
+            merged = part.merge(merged) if random.random() < 0.5 else merged.absorb(part)
+    finally:
+        summary._PENDING_LIMIT = limit
+    assert merged.integers() == [
+        int(sum((Fraction(float(v)) for k, v in pairs if k == key), Fraction(0)) * 2 ** 1074) for key in range(C)]
+
+
 def test_a_sum_that_cancels_is_exactly_zero_and_tiny_terms_survive():
     sums = ExactSums(1)
     sums.add(np.zeros(4, np.int64), np.array([1e300, 5e-324, -1e300, 5e-324]))
