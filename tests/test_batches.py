@@ -210,3 +210,39 @@ def test_rows_per_run_fills_the_cache_on_the_cpu_and_takes_everything_elsewhere(
     assert rows_per_run((4, 10 ** 7), CPU) == 1  # a row wider than a run is still one run
     assert rows_per_run((16384, 1000), CUDA) == 16384
     assert rows_per_run((0, 1000), CPU) >= 1
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (3, 999), (6, 500)])
+def test_the_one_read_check_finds_every_non_finite_prediction_and_its_row(dtype, bad, where):
+    """The batch check (a zero matrix-vector product) lets no NaN or infinity through, wherever
+    it sits, and the row-finding check then names its row; the largest finite values pass."""
+    from export.batches import checked_predictions
+
+    spec = FocalSpec(variant="sparse_softmax", dtype=np.dtype(dtype).name)
+    batch = np.full((7, 1000), np.finfo(dtype).max, dtype)
+    batch[1::2] = -np.finfo(dtype).max
+    assert checked_predictions(spec, batch, 10) is batch
+    batch[where] = bad
+    with pytest.raises(UsageError, match=f"--predictions: row {10 + where[0]} contains "):
+        checked_predictions(spec, batch, 10)
+
+
+@pytest.mark.parametrize("value, row", [(-0.0, None), (1.0, None), (-1e-45, 2), (1.0000001, 4), (np.nan, 0), (-1.0, 3)])
+def test_the_range_checks_of_probabilities_and_targets_let_nothing_outside_through(value, row):
+    from export.batches import checked_labels, checked_predictions
+
+    batch = np.full((5, 9), 0.5, np.float32)
+    batch[row if row is not None else 1, 4] = value
+    probabilities, targets = FocalSpec(variant="sparse_softmax", from_logits=False), FocalSpec(variant="sigmoid")
+    if row is None:
+        assert checked_predictions(probabilities, batch, 0) is batch
+        assert checked_labels(targets, batch, 0, 9) is batch
+        return
+    with pytest.raises(UsageError, match=f"--predictions: row {row} "):
+        checked_predictions(probabilities, batch, 0)
+    if value == -1.0:  # the sigmoid ignore_index
+        assert checked_labels(FocalSpec(variant="sigmoid", ignore_index=-1), batch, 0, 9) is not None
+    with pytest.raises(UsageError, match=f"--labels: row {row} has a target outside"):
+        checked_labels(targets, batch, 0, 9)
