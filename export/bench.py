@@ -57,19 +57,23 @@ PEER = "per_sample"  # the form eval uses, and the one Keras's unreduced loss is
 
 
 def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_SIZES, repeats: int = 21,
-          warmup: int = 3, json_path=None, startup: bool = True, export_time: bool = True, progress=None) -> dict:
+          warmup: int = 3, json_path=None, startup: bool = True, export_time: bool = True, progress=None,
+          eval_rows: int = 0) -> dict:
     """Benchmark each artifact at each size; returns the results (and writes ``json_path``, with
     a Markdown table and a PNG plot beside it, when given).
 
     ``sizes``: predictions shapes (``"16384x1000,64x32x32x100"`` or tuples); each artifact takes
     those of its rank, and the default sizes (reshaped to its rank, see `default_sizes`) when
     ``sizes`` is not given. ``export_time``: also time a full export of each spec (seconds each);
-    ``startup``: also time cold start-ups (`startup_times`)."""
+    ``startup``: also time cold start-ups (`startup_times`); ``eval_rows``: also time ``focalgraph
+    eval`` of that many rows of a sparse .npy against one read of it (`eval_times`; 0: not)."""
     from export.cases import parse_shapes
     from export.runtime import open_session
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"--repeats: expected an integer >= 1, got {repeats!r}")
+    if isinstance(eval_rows, bool) or not isinstance(eval_rows, int) or eval_rows < 0:
+        raise UsageError(f"--eval-rows: expected an integer >= 0, got {eval_rows!r}")
     if warmup < 0:
         raise UsageError(f"warmup: expected an integer >= 0, got {warmup!r}")
     if json_path is not None:
@@ -112,6 +116,8 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
         results["artifacts"].append(entry)
     if startup:
         results["startup"] = startup_times()
+    if eval_rows:
+        results["eval"] = eval_times(eval_rows, repeats=max(1, min(repeats, 5)))
     if json_path is not None:
         write(results, Path(json_path))
     return results
@@ -332,6 +338,59 @@ def startup_times(repeats: int = 3) -> dict:
     return times
 
 
+# A fresh process that reads the predictions once, in eval's 4 MiB windows: the floor of
+# `eval_times`. Python and numpy start-up included, as in eval.
+_READ_ONCE = """
+import sys
+import numpy as np
+predictions = np.load(sys.argv[1], mmap_mode="r")
+step = max(1, (4 << 20) // max(1, predictions[0].nbytes))
+for start in range(0, len(predictions), step):
+    np.array(predictions[start:start + step]).max()
+"""
+
+
+def eval_times(rows: int, classes: int = 1000, repeats: int = 5, artifact_path=None) -> dict:
+    """``focalgraph eval`` of ``rows`` x ``classes`` float32 logits in a .npy (1 GiB at the default
+    262144 x 1000) and int64 labels, with ``--out`` and ``--summary``, on the CPU, against a
+    fresh process reading the .npy once (`_READ_ONCE`): cold processes, interleaved, one of each
+    per round; minima and medians in seconds and their ratio. The files are written to a
+    temporary directory first (and are then in the page cache, as for both runners)."""
+    script = Path(sys.executable).parent / "focalgraph"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "export.cli"]
+    reference = Path(artifact_path or DEFAULT_ARTIFACTS[0])
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        logits = np.lib.format.open_memmap(scratch / "logits.npy", mode="w+", dtype=np.float32, shape=(rows, classes))
+        for start in range(0, rows, 16384):
+            stop = min(rows, start + 16384)
+            logits[start:stop] = rng.standard_normal((stop - start, classes), dtype=np.float32) * 3
+        logits.flush()
+        del logits
+        np.save(scratch / "labels.npy", rng.integers(0, classes, rows))
+        runners = {
+            "read once": [sys.executable, "-c", _READ_ONCE, str(scratch / "logits.npy")],
+            "focalgraph eval": [*command, "eval", str(reference), "--predictions", str(scratch / "logits.npy"),
+                                "--labels", str(scratch / "labels.npy"), "--out", str(scratch / "losses.npy"),
+                                "--summary", str(scratch / "summary.json"), "--provider", "cpu"],
+        }
+        walls = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, args in runners.items():
+                for output in ("losses.npy", "summary.json"):
+                    (scratch / output).unlink(missing_ok=True)
+                start = time.perf_counter()
+                subprocess.run(args, capture_output=True, check=True)
+                walls[name].append(time.perf_counter() - start)
+    minimum = {name: min(values) for name, values in walls.items()}
+    median = {name: statistics.median(values) for name, values in walls.items()}
+    return {"artifact": str(reference), "shape": [rows, classes], "bytes": rows * classes * 4, "repeats": repeats,
+            "seconds": minimum, "median_seconds": median,
+            "ratio": minimum["focalgraph eval"] / minimum["read once"],
+            "median_ratio": median["focalgraph eval"] / median["read once"]}
+
+
 def _machine() -> dict:
     import onnxruntime
 
@@ -413,6 +472,13 @@ def markdown(results: dict) -> str:
         lines += ["## Start-up (cold process, median of 3)", ""]
         lines += [f"- `{name}`: {seconds:.2f} s" for name, seconds in results["startup"].items()]
         lines.append("")
+    if "eval" in results:
+        timed = results["eval"]
+        seconds, median = timed["seconds"], timed["median_seconds"]
+        lines += [f"## `focalgraph eval` against one read ({'x'.join(map(str, timed['shape']))} float32 .npy, "
+                  f"{timed['bytes'] / 2**30:.2f} GiB; cold processes, minimum of {timed['repeats']}, median in brackets)", ""]
+        lines += [f"- {name}: {seconds[name]:.2f} s ({median[name]:.2f} s)" for name in seconds]
+        lines += [f"- eval / read once: {timed['ratio']:.2f} ({timed['median_ratio']:.2f})", ""]
     return "\n".join(lines)
 
 

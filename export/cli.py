@@ -228,6 +228,9 @@ def embed_command(**options):
 @click.option("--repeats", type=int, default=21, show_default=True, help="Interleaved rounds; each figure is their minimum (median beside).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results here, with a Markdown table (.md) and a plot (.png) beside it.")
+@click.option("--eval-rows", type=int, default=0, show_default=True,
+              help="Also time `focalgraph eval` of this many rows x 1000 classes of a sparse .npy against one read of it "
+                   "(262144: 1 GiB); 0: not.")
 def bench_command(artifacts, **options):
     """Time artifacts in TensorFlow and ONNX Runtime against Keras's focal losses and a read-once floor."""
     from export.bench import DEFAULT_ARTIFACTS, DEFAULT_SIZES, bench, markdown

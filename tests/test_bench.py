@@ -63,8 +63,24 @@ def test_bench_refuses_what_it_cannot_compare(artifacts, tmp_path):
         bench(artifacts, sizes="8x10x3", repeats=1, startup=False)
     with pytest.raises(UsageError, match="--repeats: expected an integer >= 1, got 0"):
         bench(artifacts, sizes="8x10", repeats=0, startup=False)
+    with pytest.raises(UsageError, match="--eval-rows: expected an integer >= 0, got -1"):
+        bench(artifacts, sizes="8x10", repeats=1, startup=False, eval_rows=-1)
 
 
 def test_startup_times_are_measured_in_fresh_processes():
     times = startup_times(repeats=1)
     assert times["focalgraph --help"] > 0
+
+
+def test_eval_against_one_read_runs_both_in_fresh_processes_and_reports_the_ratio_of_minima(artifacts, tmp_path):
+    from export.bench import eval_times, markdown
+
+    timed = eval_times(300, classes=10, repeats=2, artifact_path=artifacts[0])
+    assert timed["shape"] == [300, 10] and timed["bytes"] == 300 * 10 * 4
+    assert set(timed["seconds"]) == {"read once", "focalgraph eval"}
+    assert timed["ratio"] == timed["seconds"]["focalgraph eval"] / timed["seconds"]["read once"]
+    assert timed["median_ratio"] == timed["median_seconds"]["focalgraph eval"] / timed["median_seconds"]["read once"]
+    assert all(timed["seconds"][name] <= timed["median_seconds"][name] for name in timed["seconds"])
+    table = markdown({"machine": {"cpus": 2, "tensorflow": "-", "onnxruntime": "-"}, "repeats": 2, "warmup": 0,
+                      "artifacts": [], "eval": timed})
+    assert "- eval / read once: " in table and "300x10 float32 .npy" in table
