@@ -149,11 +149,17 @@ def check_dtypes(spec: FocalSpec, prediction_dtype, truth_dtype, *, predictions:
         raise UsageError(f"{labels}: dtype {truth_dtype}; expected numeric targets in [0, 1]")
 
 
-def checked_predictions(spec: FocalSpec, batch: np.ndarray, first_row: int, name: str = "--predictions") -> np.ndarray:
+def checked_predictions(spec: FocalSpec, batch: np.ndarray, first_row: int, name: str = "--predictions", *,
+                        sound: bool = False) -> np.ndarray:
+    """``batch`` in the loss's dtype, or a `UsageError` naming the first row holding NaN, an
+    infinity or (from probabilities) a value outside [0, 1]. ``sound``: `sound_predictions`
+    already said the batch is (eval's reader thread asks it, overlapping the loss of the batch
+    before)."""
     with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: caught below
-        batch = np.ascontiguousarray(batch, dtype=spec.dtype)
-    if _finite(batch) if spec.from_logits else _within(batch, 0.0, 1.0):
-        return batch
+        converted = np.ascontiguousarray(batch, dtype=spec.dtype)
+    if (sound and converted is batch) or (_finite(converted) if spec.from_logits else _within(converted, 0.0, 1.0)):
+        return converted
+    batch = converted
     flat = batch.reshape(len(batch), -1)  # something is wrong: find the first row at fault
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
@@ -184,6 +190,19 @@ def _finite(batch: np.ndarray) -> bool:
         return bool(np.isfinite(batch).all())
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(batch.sum()))
+
+
+def sound_predictions(spec: FocalSpec, column) -> bool:
+    """Whether an Arrow column of predictions passes `checked_predictions` as it is (in the loss's
+    dtype, finite, in [0, 1] from probabilities): False when it may not, or cannot be read (the
+    checks then say why, naming the row)."""
+    try:
+        batch = column_array(column, "predictions")
+    except Exception:  # noqa: BLE001  (the main thread reads it again and reports what is wrong)
+        return False
+    if batch.dtype != np.dtype(spec.dtype):
+        return False
+    return _finite(batch) if spec.from_logits else _within(batch, 0.0, 1.0)
 
 
 def _within(batch: np.ndarray, low: float, high: float) -> bool:
@@ -286,7 +305,9 @@ class BatchEvaluator:
     def __call__(self, batch, first_row: int | None = 0):
         return self.evaluate(batch, first_row)[0]
 
-    def evaluate(self, batch, first_row: int | None = 0):
+    def evaluate(self, batch, first_row: int | None = 0, *, sound: bool = False):
+        """``(losses, summary)`` of one batch (see the class); ``sound``: `sound_predictions` of
+        its predictions column was True."""
         import pyarrow as pa
 
         spec = self.spec
@@ -301,7 +322,7 @@ class BatchEvaluator:
         check_dtypes(spec, predictions.dtype, labels.dtype, predictions=prediction_name, labels=label_name)
         if len(predictions):
             check_rows(spec, predictions.shape[1:], labels.shape[1:], predictions=prediction_name, labels=label_name)
-        predictions = checked_predictions(spec, predictions, row, prediction_name)
+        predictions = checked_predictions(spec, predictions, row, prediction_name, sound=sound)
         classes = predictions.shape[spec.class_axis] if predictions.ndim > 1 else 0
         labels = checked_labels(spec, labels, row, classes, label_name)
         loss_weights = None

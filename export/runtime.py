@@ -66,10 +66,12 @@ def check_provider(provider: str) -> str:
     return provider
 
 
-def open_session(model, provider: str = "auto", threads: int | None = None) -> RuntimeSession:
+def open_session(model, provider: str = "auto", threads: int | None = None, *, spinning: bool = True) -> RuntimeSession:
     """An InferenceSession for ``model`` (a path or serialized bytes) on ``provider``, with
     ``threads`` intra-op threads (None: ONNX Runtime's default, one per core). Ray and Spark set
     OMP_NUM_THREADS=1 for their workers, which ONNX Runtime ignores: engines pass ``threads``.
+    ``spinning=False``: the intra-op threads sleep between runs instead of spinning (ONNX
+    Runtime's default), for callers that do other work between runs (`LossSession`).
 
     - ``cpu``: the CPU execution provider.
     - ``cuda``: the CUDA provider with TF32 off, or `ProviderError` when it cannot be created
@@ -85,22 +87,25 @@ def open_session(model, provider: str = "auto", threads: int | None = None) -> R
         if CUDA not in onnxruntime.get_available_providers():
             reason = f"this onnxruntime build ({onnxruntime.__version__}) has no {CUDA}"
         else:
-            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True, threads=threads)
+            session = _session(onnxruntime, model, [(CUDA, CUDA_OPTIONS), CPU], quiet=True, threads=threads,
+                               spinning=spinning)
             if session.get_providers()[0] == CUDA:
                 note = "auto: CUDA provider created" if provider == "auto" else ""
                 return _described(session, provider, note)
             reason = f"{CUDA} could not be created (no usable GPU, driver or CUDA libraries; --verbose shows ONNX Runtime's log)"
         if provider == "cuda":
             raise ProviderError(f"--provider cuda: {reason}")
-    session = _session(onnxruntime, model, [CPU], quiet=False, threads=threads)
+    session = _session(onnxruntime, model, [CPU], quiet=False, threads=threads, spinning=spinning)
     return _described(session, provider, f"auto: using the CPU; {reason}" if provider == "auto" else "")
 
 
-def _session(onnxruntime, model, providers, *, quiet: bool, threads: int | None = None):
+def _session(onnxruntime, model, providers, *, quiet: bool, threads: int | None = None, spinning: bool = True):
     options = onnxruntime.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if quiet and not verbose():
         options.log_severity_level = 4  # the CUDA probe's failure is reported by us, in one line
@@ -156,7 +161,10 @@ class LossSession:
             raise UsageError(f"{path}: no such artifact directory or .onnx file")
         self.path = path
         try:
-            self.runtime = open_session(str(model), provider, threads)
+            # eval checks, sums and writes between runs, and reads the next batch meanwhile:
+            # spinning intra-op threads took the cores that work needs (eval of a 1 GiB .npy,
+            # sparse, 1.26 s spinning against 1.04 s not; minima of 5 interleaved cold runs)
+            self.runtime = open_session(str(model), provider, threads, spinning=False)
         except ProviderError:
             raise
         except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...
@@ -254,8 +262,9 @@ class LossSession:
 # LogSoftmax), hence two sizes. Measured with per_sample at 16384 x 1000 float32, one intra-op
 # thread, minima of 11 interleaved rounds under load 5 to 7: sigmoid 453 ms in one run, 288-331
 # ms in runs of 64 to 512 rows; sparse softmax 20.3 ms in one run, 25-27 ms in runs of 512 or
-# 1024 rows, 39 ms in runs of 256 (eval's batches of 4 MiB are 1048 such rows already).
-RUN_ELEMENTS = {"element-wise": 1 << 18, "softmax": 1 << 20}
+# 1024 rows, 39 ms in runs of 256. Softmax losses therefore run a whole batch of eval at a time
+# (16 MiB: 2^22 predictions), which also saves the per-run cost of their ~50 small nodes.
+RUN_ELEMENTS = {"element-wise": 1 << 18, "softmax": 1 << 22}
 RUN_ALIGNMENT = 64  # elements: 4 vectors of 16 float32 (AVX-512), the widest unrolled step
 
 

@@ -246,3 +246,23 @@ def test_the_range_checks_of_probabilities_and_targets_let_nothing_outside_throu
         assert checked_labels(FocalSpec(variant="sigmoid", ignore_index=-1), batch, 0, 9) is not None
     with pytest.raises(UsageError, match=f"--labels: row {row} has a target outside"):
         checked_labels(targets, batch, 0, 9)
+
+
+def test_sound_predictions_says_yes_only_for_columns_the_checks_would_pass_unchanged():
+    """eval's reader thread asks it ahead of the main thread; a False sends the batch through
+    the full checks, which name the row (tests above)."""
+    from export.batches import sound_predictions
+
+    logits, probabilities = FocalSpec(variant="sparse_softmax"), FocalSpec(variant="sparse_softmax", from_logits=False)
+    clean = np.full((6, 5), 0.5, np.float32)
+    assert sound_predictions(logits, arrow_column(clean)) and sound_predictions(probabilities, arrow_column(clean))
+    for bad in (np.nan, np.inf, -np.inf):
+        batch = clean.copy()
+        batch[5, 4] = bad
+        assert not sound_predictions(logits, arrow_column(batch))
+    batch = clean.copy()
+    batch[0, 0] = 1.5
+    assert sound_predictions(logits, arrow_column(batch)) and not sound_predictions(probabilities, arrow_column(batch))
+    assert not sound_predictions(logits, arrow_column(clean.astype(np.float64)))  # converted first: checked again
+    ragged = pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float32()))
+    assert not sound_predictions(logits, ragged)  # no exception here: the main thread names the row
