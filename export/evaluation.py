@@ -155,7 +155,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                 extra[flag] = stack.enter_context(sources.open_source(f"{sources.split_name(predictions)[0]}:{name}",
                                                                       flag, (), numeric=flag != "--id-column"))
         check_sources(spec, predicted, truth, extra)
-        batch_size = sources.rows_per_batch(batch_size, predicted)
+        batch_size = sources.rows_per_batch(batch_size, predicted, element_wise=spec.multi_label)
         dtype = np.float64 if weight_column is not None else np.dtype(spec.dtype)
         sink = staged_summary = None
         try:

@@ -32,15 +32,21 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 # Rows per batch are capped so that a batch of predictions stays within this many bytes: memory
 # then stays bounded for wide rows too (10,000 classes in 4096-row batches peaked at 726 MB).
 # Within a batch ONNX Runtime runs over cache-sized pieces (`export.runtime.rows_per_run`), so a
-# batch can be larger than the cache: 16 MiB rather than 4 MiB cut eval's per-batch work by four
-# (eval of a 1 GiB .npy, sparse: 1.04 s against 1.24 s, minima of 5 interleaved cold runs), and tests/test_eval_memory.py's peaks went from 155-219 MiB to 111-224 MiB (the
+# batch can be larger than the cache. Softmax losses take 16 MiB: it cut eval's per-batch work by
+# four (eval of a 1 GiB .npy, sparse: 1.04 s against 1.24 s with 4 MiB, minima of 5 interleaved
+# cold runs), and tests/test_eval_memory.py's peaks went from 155-219 MiB to 111-224 MiB (the
 # 10,000-class rows 186 to 224 MiB; the others fell, as numpy-to-Arrow no longer imports pandas).
-BATCH_BYTES = 16 << 20
+# Element-wise (sigmoid) losses keep 4 MiB: their batch also holds targets, the (N, C) loss and
+# the per-class keys, and at 16 MiB eval of 32768 x 1000 sigmoid rows peaked at 431 MB.
+BATCH_BYTES = {"softmax": 16 << 20, "element-wise": 4 << 20}
 
 
-def rows_per_batch(batch_size: int, source) -> int:
+def rows_per_batch(batch_size: int, source, *, element_wise: bool = False) -> int:
     """``batch_size``, or fewer rows where those would exceed `BATCH_BYTES` of predictions."""
-    return max(1, min(batch_size, BATCH_BYTES // source.bytes_per_row()))
+    limit = BATCH_BYTES["element-wise" if element_wise else "softmax"]
+    return max(1, min(batch_size, limit // source.bytes_per_row()))
+
+
 # pyarrow reads a whole column chunk (a row group's column: 400 MB in a file written with the
 # defaults) unless it is given a read buffer; with 1 MiB, eval of such a file peaked at 100 MB
 # instead of 504 MB (reading alone, /usr/bin/time -v), and ran faster.

@@ -30,11 +30,16 @@ print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
     exported(root / "sparse", FocalSpec(variant="sparse_softmax"), validate=False)
+    exported(root / "sigmoid", FocalSpec(variant="sigmoid", alpha=0.25), validate=False)
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((N, C), dtype=np.float32)
     labels = rng.integers(0, C, N)
     np.save(root / "x.npy", logits)
     np.save(root / "y.npy", labels)
+    # sigmoid: a batch also holds the targets, the (N, C) loss and the per-class keys; 1000
+    # classes, so that a batch is bounded by its bytes, not by --batch-size's 4096 rows
+    np.save(root / "sigmoid-x.npy", rng.standard_normal((N // 10, 10 * C), dtype=np.float32))
+    np.save(root / "sigmoid-targets.npy", (rng.random((N // 10, 10 * C)) < 0.05).astype(np.float32))
     np.savez(root / "stored.npz", logits=logits, labels=labels)
     # 250 MB of zeros in a few hundred kB: a reader that decompresses members whole holds it all
     with zipfile.ZipFile(root / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
@@ -63,13 +68,14 @@ CASES = {
     "npz deflated zeros, --out dataset": ("bomb.npz:logits", "bomb.npz:labels", "out"),
     "parquet one row group, --out dataset": ("one-row-group.parquet:logits", "one-row-group.parquet:labels", "out"),
     "parquet dataset, --out .npy": ("dataset:logits", "dataset:labels", "out.npy"),
+    "sigmoid npy of 1000 classes, --out .npy": ("sigmoid-x.npy", "sigmoid-targets.npy", "out.npy"),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_peak_memory_stays_under_300_mb(inputs, tmp_path, case):
     predictions, labels, out = CASES[case]
-    args = ["eval", inputs / "sparse", "--predictions", f"{inputs}/{predictions}", "--labels", f"{inputs}/{labels}",
+    args = ["eval", inputs / ("sigmoid" if case.startswith("sigmoid") else "sparse"), "--predictions", f"{inputs}/{predictions}", "--labels", f"{inputs}/{labels}",
             "--provider", "cpu"]
     if out is not None:
         args += ["--out", tmp_path / out]
@@ -77,7 +83,8 @@ def test_peak_memory_stays_under_300_mb(inputs, tmp_path, case):
                             timeout=300)
     code, peak_kb = map(int, result.stdout.split()[-2:])
     assert code == 0, result.stderr
-    assert f"samples {N // 100 if predictions.startswith('wide') else N}" in result.stdout
+    rows = N // 100 if predictions.startswith("wide") else N // 10 if predictions.startswith("sigmoid") else N
+    assert f"samples {rows}" in result.stdout
     assert peak_kb / 1024 < LIMIT_MB, f"{case}: peak RSS {peak_kb / 1024:.0f} MB"
     if out is not None:
         assert (tmp_path / out).exists()

@@ -156,7 +156,7 @@ def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column
         check_sources(spec, predicted, truth, extra)
         columns = {"--predictions": predicted.column, "--labels": truth.column}
         columns.update({flag: source.column for flag, source in extra.items()})
-        batch_size = sources.rows_per_batch(batch_size, predicted)
+        batch_size = sources.rows_per_batch(batch_size, predicted, element_wise=spec.multi_label)
     return [str(f) for f in files], columns, batch_size
 
 
