@@ -56,8 +56,6 @@ def train(out: Path) -> None:
     tf2onnx = import_tf2onnx()
     import keras
     import onnx
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from focal_graph.keras import SparseSoftmaxFocalLoss
 
@@ -90,7 +88,19 @@ def train(out: Path) -> None:
 
     logits = np.asarray(model(images))
 
-    def nested(array):  # (N, ...) as fixed-size lists nested once per axis after the first
+    write_outputs(out, logits, masks, images)
+    losses = ", ".join(f"{value:.4f}" for value in history.history["loss"])
+    print(f"trained 3 epochs (loss {losses}); wrote {out}/segmenter.keras, segmenter.onnx, outputs.parquet, "
+          "images.npy, masks.npy")
+
+
+def write_outputs(out: Path, logits, masks, images) -> None:
+    """The model's logits and the masks as outputs.parquet (N-D rows as fixed-size lists nested
+    once per axis after the first), and the images and masks as .npy for the check."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def nested(array):
         column = pa.array(np.ascontiguousarray(array).ravel())
         for width in reversed(array.shape[1:]):
             column = pa.FixedSizeListArray.from_arrays(column, width)
@@ -99,9 +109,6 @@ def train(out: Path) -> None:
     pq.write_table(pa.table({"logits": nested(logits), "labels": nested(masks)}), out / "outputs.parquet")
     np.save(out / "images.npy", images)
     np.save(out / "masks.npy", masks)
-    losses = ", ".join(f"{value:.4f}" for value in history.history["loss"])
-    print(f"trained 3 epochs (loss {losses}); wrote {out}/segmenter.keras, segmenter.onnx, outputs.parquet, "
-          "images.npy, masks.npy")
 
 
 def pixel_losses(logits, labels) -> np.ndarray:
@@ -169,8 +176,6 @@ def channels_first_model(out: Path) -> None:
     """The (N, C, H, W) model, built with onnx.helper from fixed random weights, and its outputs."""
     import onnx
     import onnxruntime
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from onnx import TensorProto, helper, numpy_helper
 
     out.mkdir(parents=True, exist_ok=True)
@@ -198,15 +203,7 @@ def channels_first_model(out: Path) -> None:
     session = onnxruntime.InferenceSession(str(out / "segmenter.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"image": images})[0]
 
-    def nested(array):
-        column = pa.array(np.ascontiguousarray(array).ravel())
-        for width in reversed(array.shape[1:]):
-            column = pa.FixedSizeListArray.from_arrays(column, width)
-        return column
-
-    pq.write_table(pa.table({"logits": nested(logits), "labels": nested(masks)}), out / "outputs.parquet")
-    np.save(out / "images.npy", images)
-    np.save(out / "masks.npy", masks)
+    write_outputs(out, logits, masks, images)
     print(f"built an (N, 3, H, W) -> (N, {CLASSES}, H/2, W/2) ONNX model with fixed random weights (untrained); "
           f"logits {logits.shape}; wrote {out}/segmenter.onnx, outputs.parquet, images.npy, masks.npy")
 

@@ -313,8 +313,7 @@ def startup_times(repeats: int = 3) -> dict:
     """Cold-process wall times (median of ``repeats``) of ``focalgraph --help``, and of the two
     TensorFlow-free commands on the first default artifact: ``eval`` of a 4-row batch and
     ``validate --reference-only``."""
-    script = Path(sys.executable).parent / "focalgraph"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "export.cli"]
+    command = _focalgraph_command()
     reference = Path(DEFAULT_ARTIFACTS[0])
     with tempfile.TemporaryDirectory() as scratch:
         commands = {"focalgraph --help": ["--help"]}
@@ -356,8 +355,7 @@ def eval_times(rows: int, classes: int = 1000, repeats: int = 5, artifact_path=N
     fresh process reading the .npy once (`_READ_ONCE`): cold processes, interleaved, one of each
     per round; minima and medians in seconds and their ratio. The files are written to a
     temporary directory first (and are then in the page cache, as for both runners)."""
-    script = Path(sys.executable).parent / "focalgraph"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "export.cli"]
+    command = _focalgraph_command()
     reference = Path(artifact_path or DEFAULT_ARTIFACTS[0])
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as scratch:
@@ -389,6 +387,13 @@ def eval_times(rows: int, classes: int = 1000, repeats: int = 5, artifact_path=N
             "seconds": minimum, "median_seconds": median,
             "ratio": minimum["focalgraph eval"] / minimum["read once"],
             "median_ratio": median["focalgraph eval"] / median["read once"]}
+
+
+def _focalgraph_command() -> list[str]:
+    """How to start the focalgraph command line in a fresh process: this environment's script, or
+    ``python -m export.cli``."""
+    script = Path(sys.executable).parent / "focalgraph"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "export.cli"]
 
 
 def _machine() -> dict:
