@@ -76,8 +76,10 @@ def per_class(
     """A scalar or one value per class, every value finite, in [low, high] and within float32's
     range."""
     array = numbers(name, value)
+    # No annotation on `canonical`: AutoGraph turns this if/elif into functions sharing it as a
+    # nonlocal, which an annotated name cannot be, and warned on every trace under tf.function.
     if array.ndim == 0 and allow_scalar:
-        canonical: PerClass = float(array)
+        canonical = float(array)
     elif array.ndim == 1 and array.size > 0:
         canonical = tuple(float(v) for v in array)
         if num_classes is not None and len(canonical) != num_classes:
