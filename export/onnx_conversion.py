@@ -40,7 +40,8 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     function = forms_function(spec)  # imports TensorFlow
     try:
         with silenced_stderr(), _without_global_pool_optimizer(), _softmax_kept_classes_last():
-            model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+            model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset,
+                                                     custom_op_handlers=CUSTOM_OP_HANDLERS)
     except Exception as error:  # tf2onnx raises many types; each is a failed conversion
         raise ConversionError(f"tf2onnx failed on {spec.name}: {type(error).__name__}: {error}") from error
     model = _arranged(model, spec)
@@ -49,6 +50,39 @@ def convert(spec: FocalSpec, opset: int = DEFAULT_OPSET, metadata: dict | None =
     model.doc_string = f"focalgraph {spec.name}: {spec.input_names[0]}, {spec.input_names[1]} -> {', '.join(artifact.forms(spec))}"
     check(model, spec)
     return model
+
+
+def _log1p_compensated(ctx, node, name, args):
+    """tf2onnx handler for TensorFlow's ``Log1p`` (tf2onnx 1.17 has none; ONNX has no such op):
+    ``log(u) - ((u - 1) - x)`` with ``u = 1 + x`` as rounded.
+
+    For x in [-1, 1], the focal losses' only arguments (``exp(-|logit|)`` and minus a
+    probability), ``u - 1`` is exact (Sterbenz) and so is the rounding error ``d = (u - 1) - x``;
+    ``log(1 + x) = log(u - d) = log(u) - d/u + O(d**2)``, and dropping the 1/u costs at most
+    ``|d| |1 - 1/u|``, below 2**-24 |x| relative, so the result is within float32's rounding of
+    log1p (tests/test_sigmoid_exactness.py, over logits -80..80 in bare ONNX Runtime). Where
+    ``u == 1`` it is exactly x. TensorFlow keeps its own exact ``Log1p``
+    (`focal_graph.probabilities.log1p_exp`): the compensation is written here, in the ONNX graph,
+    because Grappler and XLA rewrite it away in a TensorFlow graph, while neither tf2onnx's
+    optimizers nor ONNX Runtime reassociate floating-point arithmetic.
+    """
+    from tf2onnx import utils
+
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype)).output[0]
+    rounded = ctx.make_node("Add", [one, x], name=utils.make_name(f"{name}_u")).output[0]
+    exact_part = ctx.make_node("Sub", [rounded, one], name=utils.make_name(f"{name}_u_minus_1")).output[0]
+    rounding = ctx.make_node("Sub", [exact_part, x], name=utils.make_name(f"{name}_rounding")).output[0]
+    logarithm = ctx.make_node("Log", [rounded], name=utils.make_name(f"{name}_log")).output[0]
+    node.type = "Sub"
+    ctx.replace_inputs(node, [logarithm, rounding])
+
+
+# What tf2onnx needs beyond its own handlers to convert focal_graph's graphs; pass it as
+# ``tf2onnx.convert.from_function(..., custom_op_handlers=CUSTOM_OP_HANDLERS)`` to convert one
+# yourself (without it tf2onnx leaves the sigmoid losses' Log1p unconverted).
+CUSTOM_OP_HANDLERS = {"Log1p": (_log1p_compensated, [])}
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from focal_graph import params
-from focal_graph.probabilities import sigmoid_focal_terms, softmax_log_prob_at, softmax_log_probs
+from focal_graph.probabilities import log1p_negative, sigmoid_focal_terms, softmax_log_prob_at, softmax_log_probs
 from focal_graph.reduction import reduce_classes
 
 def sparse_softmax_focal_loss(
@@ -318,9 +318,8 @@ def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, a
     1 and 0, exact from logits; without a margin nothing else is computed. ``p - margin`` is
     exact where p is close to the margin (Sterbenz), so ``p_m`` carries only p's own rounding,
     amplified by ``p / p_m`` just above the margin (the problem's own condition). ``-log(1 - p_m)``
-    is ``((v - 1) + p_m) - log(v)`` with ``v = 1 - p_m`` rounded: the first term is that
-    rounding's error (``v - 1`` is exact for v in [1/2, 1]), which ``-log(v)`` alone would lose
-    (it is 0 for p_m below 6e-8; there is no Log1p in ONNX). Against float64 over logits -80..80,
+    is `log1p_negative` (``-log(v)`` of the rounded ``v = 1 - p_m`` alone is 0 for p_m below
+    6e-8). Against float64 over logits -80..80,
     the relative error is within 8e-7 without a margin and within that condition's bound with
     one (tests/test_options.py).
     """
@@ -329,8 +328,7 @@ def _asymmetric_sigmoid(targets, y_pred, gamma, gamma_negative, margin: float, a
     probability = negative.one_minus_p_t
     if margin:
         shifted = tf.maximum(probability - margin, 0.0)
-        kept = 1.0 - shifted
-        negative_cross_entropy = ((kept - 1.0) + shifted) - tf.math.log(kept)
+        negative_cross_entropy = -log1p_negative(shifted)
     else:
         shifted, negative_cross_entropy = probability, negative.cross_entropy
     dtype = y_pred.dtype

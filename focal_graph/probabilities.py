@@ -85,10 +85,9 @@ def sigmoid_focal_terms(targets: tf.Tensor, y_pred: tf.Tensor, *, from_logits: b
     if from_logits:
         m = negative_abs(y_pred)
         e = tf.exp(m)
-        u = 1.0 + e
         far = tf.abs(tf.cast(y_pred > 0.0, targets.dtype) - targets)
-        cross_entropy = log1p_exp(e, u) - far * m
-        one_minus_p_t = (e + far * (1.0 - e)) / u
+        cross_entropy = log1p_exp(e) - far * m
+        one_minus_p_t = (e + far * (1.0 - e)) / (1.0 + e)
         return BinaryFocalTerms(cross_entropy, one_minus_p_t)
     p = _clip(y_pred, epsilon)
     q = 1.0 - p
@@ -116,17 +115,27 @@ def negative_abs(x: tf.Tensor) -> tf.Tensor:
     return -tf.abs(x), gradient
 
 
-def log1p_exp(e: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-    """``log(1 + e)`` for ``e`` in [0, 1] and ``u = 1 + e`` as rounded, relative error under 3e-7.
+def log1p_exp(e: tf.Tensor) -> tf.Tensor:
+    """``log(1 + e)`` for ``e`` in [0, 1]: TensorFlow's own ``Log1p``, exact to the last digit.
 
-    There is no Log1p in ONNX (tf2onnx has no handler for it), and ``log(u)`` alone loses every
-    digit once ``u`` rounds to 1 (e below 6e-8). The rounding error ``d = (u - 1) - e`` is exact
-    (Sterbenz: u - 1 is exact for u in [1, 2]), and ``log(1 + e) = log(u - d) = log(u) - d/u +
-    O(d**2)``; dropping the 1/u costs at most ``|d| (u - 1)/u <= 2**-24 e``, under 1e-7 relative.
-    Where ``u == 1`` this is exactly ``e``. (Higham's ``log(u) e / (u - 1)`` needs a select for
-    u == 1.) ONNX Runtime's Log is relative-exact near 1 (2.3e-7, measured over [1, 2]).
+    Not a compensated ``log(u) - ((u - 1) - e)`` with ``u = 1 + e``: compilers rewrite that
+    expression and undo the compensation. Grappler's arithmetic optimizer turns ``Log(1 + e)``
+    into ``Log1p`` inside every `tf.function` (and a loaded SavedModel), after which the
+    correction is subtracted from an already exact value: the sigmoid loss was 2x the true value
+    for ``|x| >= 16.6``. XLA simplified ``(u - 1) - e`` to 0 and returned 0.0 there. ``Log1p`` is
+    a primitive in TF's kernels and in XLA, so there is nothing left to rewrite.
+
+    ONNX has no Log1p (nor does tf2onnx convert it); the exported graph gets the compensated form
+    at conversion time, where no optimiser touches it (`export.onnx_conversion`), and ONNX
+    Runtime runs it as written.
     """
-    return tf.math.log(u) - ((u - 1.0) - e)
+    return tf.math.log1p(e)
+
+
+def log1p_negative(p: tf.Tensor) -> tf.Tensor:
+    """``log(1 - p)`` for ``p`` in [0, 1], exact where p is small (``-p`` to the last digit below
+    6e-8, where ``log(1 - p)`` alone is 0); ``Log1p`` for the reasons `log1p_exp` gives."""
+    return tf.math.log1p(-p)
 
 
 def _total(probabilities: tf.Tensor, keepdims: bool = False) -> tf.Tensor:

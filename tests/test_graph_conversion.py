@@ -1,4 +1,6 @@
-"""Every graph uses only ops tf2onnx converts: converted, checked and run in ONNX Runtime.
+"""Every graph uses only ops tf2onnx converts, with focalgraph's one added handler (TensorFlow's
+Log1p, which the sigmoid losses use because Grappler and XLA undo a compensated log(1 + e);
+`export.onnx_conversion.CUSTOM_OP_HANDLERS`): converted, checked and run in ONNX Runtime.
 
 This guards the core library's promise to the exporter; the exporter's own parity tests are
 separate.
@@ -14,8 +16,10 @@ import tf2onnx
 import focal_graph as fg
 from focal_graph.spec import FocalSpec
 
-# tf2onnx 1.17 has no handler for these (shared/TOOLCHAIN.md)
-UNCONVERTIBLE = {"Log1p", "Expm1", "Xlogy", "Xlog1py", "MulNoNan"}
+from export.onnx_conversion import CUSTOM_OP_HANDLERS
+
+# tf2onnx 1.17 has no handler for these (shared/TOOLCHAIN.md); Log1p has ours
+UNCONVERTIBLE = {"Log1p", "Expm1", "Xlogy", "Xlog1py", "MulNoNan"} - set(CUSTOM_OP_HANDLERS)
 
 SPECS = [
     FocalSpec(variant="sparse_softmax", ignore_index=-1, gamma=0.5, alpha=[0.25, 0.5, 1.0, 2.0], rank=3),
@@ -45,7 +49,8 @@ def test_graph_has_no_op_tf2onnx_cannot_convert(spec):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_graph_converts_and_onnx_runtime_agrees(rng, spec):
     graph = fg.build_graph(spec)
-    model, _ = tf2onnx.convert.from_function(graph, input_signature=graph.input_signature, opset=17)
+    model, _ = tf2onnx.convert.from_function(graph, input_signature=graph.input_signature, opset=17,
+                                             custom_op_handlers=CUSTOM_OP_HANDLERS)
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == [s.name for s in graph.input_signature]
 
@@ -73,3 +78,22 @@ def test_invalid_label_is_nan_in_onnx_runtime_too():
     (got,) = session.run(None, {"labels": labels, "logits": np.zeros((5, 3), np.float32)})
     np.testing.assert_allclose(got[[0, 2, 4]], [np.log(3) * (2 / 3) ** 2, 0.0, np.log(3) * (2 / 3) ** 2], rtol=1e-6)
     assert np.isnan(got[1]) and np.isnan(got[3])
+
+
+@pytest.mark.slow
+def test_sigmoid_graph_needs_the_log1p_handler_and_it_is_exact():
+    """Without the handler tf2onnx leaves TensorFlow's Log1p in the model (not an ONNX op); with
+    it, the compensated log(u) - ((u - 1) - e) is exact where log(u) alone is 0 (|x| > 17)."""
+    spec = FocalSpec(variant="sigmoid", gamma=0.0)
+    graph = fg.build_graph(spec)
+    plain, _ = tf2onnx.convert.from_function(graph, input_signature=graph.input_signature, opset=17)
+    assert "Log1p" in {node.op_type for node in plain.graph.node}
+    model, _ = tf2onnx.convert.from_function(graph, input_signature=graph.input_signature, opset=17,
+                                             custom_op_handlers=CUSTOM_OP_HANDLERS)
+    assert "Log1p" not in {node.op_type for node in model.graph.node}
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.array([[-30.0, -18.0, -0.5, 0.0, 3.0, 18.0, 30.0]], np.float32)
+    targets = np.zeros_like(logits)
+    (got,) = session.run(None, {"targets": targets, "logits": logits})
+    want = np.logaddexp(0.0, logits.astype(np.float64))  # BCE at target 0: softplus(x)
+    np.testing.assert_allclose(got, want, rtol=3e-7)
