@@ -197,6 +197,7 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
     alternate = np.indices(positions).sum(axis=0)  # a checkerboard over the positions
     cases.append(builder.case(f"large logits {_text(base)}", base, scale=LARGE_LOGITS[spec.dtype]))
     cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(_classes_last(spec, base), 7.0)))
+    cases.append(_confident_case(spec, builder, base, rng))
     cases.append(builder.case(f"non-finite predictions {_text(base)}", base, edit=_non_finite(spec)))
     if spec.sparse:
         cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=np.where(alternate % 2 == 0, 0, classes - 1)))
@@ -222,6 +223,26 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
     if not spec.from_logits:
         cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
     return cases
+
+
+def _confident_case(spec: FocalSpec, builder, base, rng) -> Case:
+    """Predictions that are right with a margin of 3 to 30 logits: losses from about 0.05 down
+    past 1e-30, where an error that is small in absolute terms is 2x or 100% of the loss (a
+    compiler's rewrite once gave 2x, or 0.0, there). Compared relatively (`export.formula.
+    relative_tolerance`), not only within atol."""
+    last = _classes_last(spec, base)
+    positions = last[:-1]
+    labels = rng.integers(0, last[-1], size=positions)
+    margins = np.linspace(3.0, 30.0, int(np.prod(last))).reshape(last)
+    noise = rng.normal(size=last) * 0.5
+    if spec.multi_label:
+        targets = rng.uniform(size=last) < 0.3
+        logits = np.where(targets, margins, -margins) + noise  # |noise| < 3 (6 sigma): no sign flips
+        return builder.case(f"confident predictions {_text(base)}", base, logits=logits,
+                            edit_targets=lambda y_true: targets.astype(np.float64))
+    chosen = np.eye(last[-1], dtype=bool)[labels]
+    logits = np.where(chosen, noise.max(axis=-1, keepdims=True) + margins, noise)
+    return builder.case(f"confident predictions {_text(base)}", base, logits=logits, labels=labels)
 
 
 def _ignored_targets_cases(spec: FocalSpec, builder, base, alternate) -> list[Case]:

@@ -3,6 +3,11 @@
 numpy only. An element fails only where it exceeds both tolerances:
 ``|actual - expected| > atol`` and ``|actual - expected| > rtol * |expected|``. NaN matches NaN
 and an infinity matches the same infinity; anything else against a NaN or an infinity fails.
+
+atol-or-rtol cannot see a loss of 1e-24 that is 2x off, or 0: so where a caller passes
+``relative`` (per case, a per-element tolerance for the ``loss`` output, from
+`export.formula.relative_tolerance`), every finite element whose larger side is above ``floor``
+must also agree relatively: ``|actual - expected| <= tolerance * max(|actual|, |expected|)``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ class Verdict:
     required_rtol: float = 0.0
     worst: Optional[dict] = None  # the failing element with the largest absolute error (else any)
     problems: list = field(default_factory=list)  # shape or dtype mismatches, by case
+    # the relative check (``relative``): elements checked, failing, the largest relative error
+    # among them and the worst element against its tolerance
+    relative_elements: int = 0
+    relative_failures: int = 0
+    relative_max_error: float = 0.0
+    relative_worst: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,11 +63,16 @@ def errors(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.nda
     return absolute, relative
 
 
-def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: list[str], outputs: list[str]) -> list[Verdict]:
+def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: list[str], outputs: list[str],
+            relative: Optional[dict] = None, floor: float = 0.0) -> list[Verdict]:
     """Compare ``expected[case][output]`` with ``actual[case][output]`` for every case and output.
+
+    ``relative``: ``{case: tolerances}``, an array of the ``loss`` output's shape (or None for no
+    relative claim), checked where the larger side is above ``floor``.
 
     Returns one `Verdict` per output, aggregated over the cases.
     """
+    relative_tolerances = relative
     verdicts = []
     for output in outputs:
         verdict = Verdict(output)
@@ -78,6 +94,9 @@ def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: li
             verdict.elements += absolute.size
             if absolute.size == 0:
                 continue
+            tolerance = None if relative_tolerances is None or output != RELATIVE_OUTPUT else relative_tolerances.get(case)
+            if tolerance is not None:
+                _relative_check(verdict, case, want, got, np.broadcast_to(tolerance, want.shape), floor)
             failing = (absolute > atol) & (relative > rtol)
             verdict.failures += int(failing.sum())
             verdict.max_rel_error = max(verdict.max_rel_error, float(relative.max()))
@@ -100,6 +119,35 @@ def compare(expected: dict, actual: dict, *, atol: float, rtol: float, cases: li
                 }
         if verdict.elements == 0:
             verdict.problems.append("no element compared (every case was empty)")
-        verdict.passed = verdict.failures == 0 and not verdict.problems
+        verdict.passed = verdict.failures == 0 and verdict.relative_failures == 0 and not verdict.problems
         verdicts.append(verdict)
     return verdicts
+
+
+RELATIVE_OUTPUT = "loss"  # the unreduced loss: sums of it are dominated by its large elements
+
+
+def _relative_check(verdict: Verdict, case: str, want: np.ndarray, got: np.ndarray, tolerance: np.ndarray,
+                    floor: float) -> None:
+    """Add ``case``'s relative comparison of ``got`` against ``want`` to ``verdict``."""
+    want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    with np.errstate(invalid="ignore"):
+        larger = np.maximum(np.abs(want64), np.abs(got64))
+        checked = np.isfinite(want64) & np.isfinite(got64) & (larger > floor) & np.isfinite(tolerance)
+    if not checked.any():
+        return
+    error = np.zeros(want64.shape)
+    error[checked] = np.abs(got64[checked] - want64[checked]) / larger[checked]
+    failing = checked & (error > tolerance)
+    verdict.relative_elements += int(checked.sum())
+    verdict.relative_failures += int(failing.sum())
+    verdict.relative_max_error = max(verdict.relative_max_error, float(error.max()))
+    excess = np.where(checked, error / np.where(tolerance > 0, tolerance, np.inf), -1.0)
+    index = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    worst = {"case": case, "index": [int(i) for i in index], "expected": float(want64[index]),
+             "actual": float(got64[index]), "rel_error": float(error[index]), "tolerance": float(tolerance[index]),
+             "failing": bool(failing[index])}
+    previous = verdict.relative_worst
+    if previous is None or (worst["failing"], worst["rel_error"] / max(worst["tolerance"], 1e-300)) > (
+            previous["failing"], previous["rel_error"] / max(previous["tolerance"], 1e-300)):
+        verdict.relative_worst = worst

@@ -13,7 +13,10 @@ witness of the loss, evaluated on the inputs stored in ``reference.npz``:
   (`export.formula`), the only TensorFlow-free way to ask what a spec means.
 
 Two witnesses agree when every output they both give matches within the tolerances (the
-formula's are at least the dtype's defaults: it is float64, the graphs float32). The largest
+formula's are at least the dtype's defaults: it is float64, the graphs float32), and, where the
+spec claims it (`export.formula.relative_tolerance`), every element of ``loss`` above 1e-30 also
+relatively: a SavedModel whose sigmoid loss was 2x off (or 0) on losses of 1e-24 agreed within
+atol with every other file. The largest
 group of witnesses that all agree with each other, counted by the files they stand for, then by
 how many of them compute rather than describe, is taken as the loss; the witnesses outside it
 are the files that disagree. With two files against two, nothing can say which is right: both
@@ -40,7 +43,7 @@ from export import artifact
 from export.cases import REALISTIC_NAME, Case, generate, read_reference
 from export.compare import TOLERANCES, compare
 from export.errors import ArtifactError, UsageError
-from export.formula import spec_forms
+from export.formula import relative_floor, relative_tolerance, spec_forms
 from focal_graph.spec import FocalSpec
 
 SPEC_METADATA = artifact.SPEC_METADATA
@@ -99,7 +102,8 @@ def check_artifact(directory, spec: FocalSpec, *, saved_model: Optional[Witness]
     if saved_model is not None:
         witnesses.append(saved_model)
     witnesses.append(described)
-    report = vote(witnesses, dtype=_dtype(stored, spec), atol=atol, rtol=rtol)
+    dtype = _dtype(stored, spec)
+    report = vote(witnesses, dtype=dtype, atol=atol, rtol=rtol, relative=relative_tolerances(spec, cases, dtype, rtol))
     report["inputs"] = f"{artifact.REFERENCE}: {len(cases)} cases"
     report["fields"] = {} if metadata_spec is None else differing_fields(spec, metadata_spec)
     if report["fields"]:
@@ -135,7 +139,7 @@ def confirm_onnx_file(path, spec: Optional[FocalSpec], *, model=None) -> None:
         raise UsageError(f"{path}: its {SPEC_METADATA} metadata cannot be checked ({error})") from None
     session, error = open_cpu_session(str(path) if model is None else model)
     witnesses = [onnx_witness(session, cases, error=error), formula_witness(METADATA, spec, cases)]
-    report = vote(witnesses, dtype=spec.dtype)
+    report = vote(witnesses, dtype=spec.dtype, relative=relative_tolerances(spec, cases, spec.dtype))
     if not report["passed"]:
         pair = report["pairs"][0]
         raise UsageError(f"{path}: its {SPEC_METADATA} metadata ({_summary(spec)}) does not describe the loss its graph "
@@ -266,8 +270,32 @@ def differing_fields(spec: FocalSpec, other: FocalSpec) -> dict:
 # The vote
 
 
-def vote(witnesses: list[Witness], *, dtype: str, atol: Optional[float] = None, rtol: Optional[float] = None) -> dict:
+def relative_tolerances(spec: FocalSpec, cases: list[Case], dtype: str, rtol: Optional[float] = None) -> Optional[dict]:
+    """``{case name: per-element relative tolerance of loss}`` for the cases whose inputs the spec
+    takes and on which it claims relative exactness (`export.formula.relative_tolerance`), each
+    against the float64 truth; None when it claims none on any. ``rtol``: the dtype's default if
+    None."""
+    rtol = TOLERANCES.get(dtype, TOLERANCES["float32"])[1] if rtol is None else rtol
+    tolerances = {}
+    for case in cases:
+        if tuple(case.inputs) != spec.graph_inputs or "loss" not in case.forms:
+            continue
+        y_true, predictions = list(case.inputs.values())[:2]
+        try:
+            tolerance = relative_tolerance(spec, y_true, predictions, rtol)
+        except (ValueError, IndexError):  # inputs the spec does not take: the formula witness says so
+            continue
+        if tolerance is not None:
+            tolerances[case.name] = tolerance
+    return tolerances or None
+
+
+def vote(witnesses: list[Witness], *, dtype: str, atol: Optional[float] = None, rtol: Optional[float] = None,
+         relative: Optional[dict] = None) -> dict:
     """Compare every pair of witnesses and find the files outside the largest agreeing group.
+
+    ``relative``: `relative_tolerances`, each witness's own error bound against the float64
+    truth; two computing witnesses may be twice that apart, one against the formula once.
 
     Returns ``passed``, ``witnesses``, ``pairs`` (each pair's verdict), ``disagreeing`` (witness
     names), ``files`` (the files they stand for, for messages) and ``message``.
@@ -278,8 +306,10 @@ def vote(witnesses: list[Witness], *, dtype: str, atol: Optional[float] = None, 
     pairs, agree = [], {}
     for a, b in itertools.combinations(witnesses, 2):
         formula = FORMULA in (a.computed_by, b.computed_by)
+        pair_relative = None if relative is None else (
+            relative if formula else {case: 2.0 * tolerance for case, tolerance in relative.items()})
         pair = _pair(a, b, atol=max(atol, default_atol) if formula else atol,
-                     rtol=max(rtol, default_rtol) if formula else rtol)
+                     rtol=max(rtol, default_rtol) if formula else rtol, relative=pair_relative, floor=relative_floor(dtype))
         pairs.append(pair)
         agree[a.name, b.name] = agree[b.name, a.name] = pair["agree"]
     groups = [group for size in range(len(witnesses), 0, -1) for group in itertools.combinations(witnesses, size)
@@ -307,7 +337,7 @@ def _score(group) -> tuple[int, int, int]:
     return len(files), computing, len(group)
 
 
-def _pair(a: Witness, b: Witness, *, atol: float, rtol: float) -> dict:
+def _pair(a: Witness, b: Witness, *, atol: float, rtol: float, relative: Optional[dict] = None, floor: float = 0.0) -> dict:
     pair = {"witnesses": [a.name, b.name], "agree": False, "tolerance": {"atol": atol, "rtol": rtol}}
     if a.outputs is None or b.outputs is None:
         pair["reason"] = "; ".join(f"{w.name}: {w.error}" for w in (a, b) if w.outputs is None)
@@ -320,7 +350,7 @@ def _pair(a: Witness, b: Witness, *, atol: float, rtol: float) -> dict:
     if not cases or not forms:
         pair["reason"] = "no output in common"
         return pair
-    verdicts = compare(a.outputs, b.outputs, atol=atol, rtol=rtol, cases=cases, outputs=forms)
+    verdicts = compare(a.outputs, b.outputs, atol=atol, rtol=rtol, cases=cases, outputs=forms, relative=relative, floor=floor)
     pair["agree"] = all(verdict.passed for verdict in verdicts)
     pair["forms"] = forms
     failed = [verdict for verdict in verdicts if not verdict.passed]
@@ -332,6 +362,11 @@ def _pair(a: Witness, b: Witness, *, atol: float, rtol: float) -> dict:
 
 
 def _where(verdict, a: Witness, b: Witness) -> str:
+    if verdict.relative_failures and not verdict.failures:
+        worst = verdict.relative_worst
+        return (f"{verdict.output} of case {worst['case']!r} at {tuple(worst['index'])}: {worst['expected']:.6g} from "
+                f"{a.name}, {worst['actual']:.6g} from {b.name}, {worst['rel_error']:.2g} apart relatively "
+                f"(at most {worst['tolerance']:.2g}: within atol, but not the same loss)")
     worst = verdict.worst or {}
     if not worst:
         return f"{verdict.output} differs"

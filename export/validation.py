@@ -15,6 +15,7 @@ from pathlib import Path
 from export import artifact, consistency, writing
 from export.cases import Case, generate, parse_shapes, read_realistic
 from export.compare import TOLERANCES, compare
+from export.formula import relative_floor
 from export.errors import ArtifactError, ProviderError, UsageError
 from export.runtime import RuntimeSession, check_provider, open_session
 from focal_graph.spec import FocalSpec
@@ -142,7 +143,11 @@ def run(model, spec: FocalSpec, cases: list[Case], expected: dict, *, provider: 
         except Exception as error:  # onnxruntime's own error types; the case fails, the others still run
             failures.append(f"{case.name}: ONNX Runtime raised {str(error).strip().splitlines()[0]}")
     ran = [case.name for case in cases if case.name in actual]
-    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(artifact.forms(spec)))
+    # two float32 computations, each within its bound of the float64 truth: twice that apart
+    relative = consistency.relative_tolerances(spec, [case for case in cases if case.name in actual], spec.dtype, rtol)
+    relative = None if relative is None else {name: 2.0 * tolerance for name, tolerance in relative.items()}
+    verdicts = compare(expected, actual, atol=atol, rtol=rtol, cases=ran, outputs=list(artifact.forms(spec)),
+                       relative=relative, floor=relative_floor(spec.dtype))
     import onnxruntime
 
     return _finite({
@@ -180,16 +185,25 @@ def format_report(report: dict) -> str:
         f"  reference: {report['reference']}; {len(report['cases'])} cases",
         f"  ONNX Runtime {runtime['version']}: {runtime['provider']} ran the graph (nodes: {nodes})"
         + (f"  [{runtime['note']}]" if runtime["note"] else ""),
-        f"  tolerance: an element fails only where it exceeds atol={report['tolerance']['atol']:g} and rtol={report['tolerance']['rtol']:g}",
+        f"  tolerance: an element fails only where it exceeds atol={report['tolerance']['atol']:g} and rtol={report['tolerance']['rtol']:g};"
+        " loss elements above 1e-30 must also agree relatively, within the spec's bound",
         f"  {'output':<{width}} {'elements':>9} {'max abs':>10} {'max rel':>10} {'needs atol':>11} {'or rtol':>10}  verdict",
     ]
     for verdict in report["outputs"]:
         numbers = [_number(verdict[key]) for key in ("max_abs_error", "max_rel_error", "required_atol", "required_rtol")]
         status = "PASS" if verdict["passed"] else f"FAIL ({verdict['failures']} elements)"
         lines.append(f"  {verdict['output']:<{width}} {verdict['elements']:>9} {numbers[0]:>10} {numbers[1]:>10} {numbers[2]:>11} {numbers[3]:>10}  {status}")
-        if not verdict["passed"] and verdict["worst"]:
+        if verdict.get("relative_elements"):
+            status_relative = ("PASS" if not verdict["relative_failures"] else f"FAIL ({verdict['relative_failures']} elements)")
+            lines.append(f"  {'  relative':<{width}} {verdict['relative_elements']:>9} {'':>10} "
+                         f"{_number(verdict['relative_max_error']):>10} {'':>11} {'':>10}  {status_relative}")
+        if not verdict["passed"] and verdict["worst"] and verdict["failures"]:
             worst = verdict["worst"]
             lines.append(f"    worst: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['actual']!r}")
+        if verdict.get("relative_failures"):
+            worst = verdict["relative_worst"]
+            lines.append(f"    worst relative: {worst['case']} at {tuple(worst['index'])}: expected {worst['expected']!r}, "
+                         f"got {worst['actual']!r} ({worst['rel_error']:.2g} relative, at most {worst['tolerance']:.2g})")
         lines.extend(f"    {problem}" for problem in verdict["problems"])
     lines.extend(f"  error: {error}" for error in report["errors"])
     agreement = report.get("consistency")  # export's own report has none: it wrote the files itself

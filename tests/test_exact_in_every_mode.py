@@ -196,3 +196,24 @@ def test_the_grid_covers_the_logits_that_failed():
     for logit in (-18.0, 18.0, -16.0, -12.0):
         assert logit in LOGITS
     assert set(TARGETS) >= {0.0, 1.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("xla", [True, False])
+def test_an_exported_artifacts_saved_model_signatures_are_exact(tmp_path, xla):
+    """What a serving stack runs: the artifact's own SavedModel (its signatures compiled with XLA
+    by default), loaded back, on the grid and on (1, 1) and (1, 2) inputs."""
+    from exporting import exported
+
+    gamma, alpha = 2.0, 0.25
+    exported(tmp_path / "loss", fg.FocalSpec(variant="sigmoid", gamma=gamma, alpha=alpha), format="savedmodel",
+             validate=False, xla=xla)
+    signature = tf.saved_model.load(str(tmp_path / "loss" / "saved_model")).signatures["serving_default"]
+    targets, logits = grid()
+    got = signature(targets=tf.constant(targets), logits=tf.constant(logits))["loss"].numpy()
+    assert_values(got, targets, logits, gamma, alpha, f"SavedModel (xla={xla})")
+    for x, y in ((-18.0, 0.0), (18.0, 1.0), (-16.0, 0.0)):
+        for shape in ((1, 1), (1, 2)):
+            small_logits, small_targets = np.full(shape, x, np.float32), np.full(shape, y, np.float32)
+            got = signature(targets=tf.constant(small_targets), logits=tf.constant(small_logits))["loss"].numpy()
+            assert_values(got, small_targets, small_logits, gamma, alpha, f"SavedModel (xla={xla}), {shape} input")
