@@ -53,9 +53,10 @@ from export.errors import FocalgraphError, ProviderError, UsageError  # noqa: E4
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEVICES = {"cpu": "cpu", "cuda": "cuda"}  # OrtValue device names
-# Issue 24's targets: relative error per dtype (atol the same number: an element fails only where
-# it exceeds both; with atol 0 the CPU already fails on losses near zero, e.g. 2.2e-3 relative on
-# a per_sample of about 1e-9 in preset-sparse-softmax), and per_sample over its floor.
+# Issue 24's targets: relative error per dtype, with atol the same number (an element fails only
+# where it exceeds both, as validate counts): with atol 0 the CPU already fails on losses near
+# zero (preset-sparse-softmax's per_sample: 1.2e-5 relative, 1.2e-11 absolute, on a loss of
+# 9.4e-7 in the realistic case); and per_sample over its floor.
 TARGETS = {"float32": 1e-5, "float16": 2e-3}
 SPEED_TARGETS = {"variant-sparse-softmax": 3.0}  # judged on CUDA at the full shape only
 FULL_ROWS = 16384
@@ -212,9 +213,8 @@ def check_artifact(directory: Path, name: str, expected_spec, *, provider: str, 
         entry.update(spec=spec.name, dtype=spec.dtype)
         target = TARGETS.get(spec.dtype)
         validation = validate(directory, provider=provider, reference_only=True, atol=target, rtol=target)
-        session: RuntimeSession = _open(directory / artifact.ONNX, provider)
     except FocalgraphError as error:  # a damaged artifact fails its own entry; the others still run
-        entry.update(passed=False, failed=["readable"], error=str(error))
+        entry.update(passed=False, failed=["ran"], error=str(error))
         return entry
     entry["spec_is_the_default"] = spec == expected_spec
     entry["validation"] = {
@@ -227,9 +227,16 @@ def check_artifact(directory: Path, name: str, expected_spec, *, provider: str, 
         "errors": validation["errors"],
         "nodes_per_provider": validation["onnxruntime"]["nodes_per_provider"],
     }
-    entry["nan"] = nan_positions(directory, spec, session)
-    entry["nodes"] = placement(directory / artifact.ONNX, session, PROVIDERS[provider])
-    entry["timing"] = timing(spec, session, provider, rows=rows, repeats=repeats, warmup=warmup)
+    try:
+        session: RuntimeSession = _open(directory / artifact.ONNX, provider)
+        entry["nan"] = nan_positions(directory, spec, session)
+        entry["nodes"] = placement(directory / artifact.ONNX, session, PROVIDERS[provider])
+        entry["timing"] = timing(spec, session, provider, rows=rows, repeats=repeats, warmup=warmup)
+    except Exception as error:  # onnxruntime's errors (a kernel that fails, device memory): kept, the run goes on
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        entry.update(passed=False, failed=["ran"] + ([] if validation["passed"] else ["values"]),
+                     error=f"{type(error).__name__}: {reason}")
+        return entry
     checks = {
         "values": validation["passed"],
         "nan_positions": entry["nan"]["mismatched"] == 0 and not entry["nan"]["errors"],

@@ -183,17 +183,19 @@ def test_markdown_report_has_a_row_per_artifact(cpu_run):
         assert f"| {name} |" in text
 
 
-def retouched(source: Path, destination: Path, edit) -> Path:
+def retouched(source: Path, destination: Path, edit, manifest: bool = True) -> Path:
     """A copy of the artifact ``source`` whose reference.npz ``edit(arrays)`` changed, its
-    manifest recomputed (what anyone who can write the files can do)."""
+    manifest recomputed (what anyone who can write the files can do) unless ``manifest`` is False."""
     shutil.copytree(source, destination)
     with np.load(destination / artifact.REFERENCE) as stored:
         arrays = {key: stored[key] for key in stored.files}
     edit(arrays)
     with open(destination / artifact.REFERENCE, "wb") as file:
         np.savez_compressed(file, **arrays)
-    manifest = load_json(destination / artifact.MANIFEST)
-    artifact.write_manifest(destination, manifest["spec"], {key: manifest[key] for key in ("saved_model_xla",) if key in manifest})
+    if manifest:
+        recorded = load_json(destination / artifact.MANIFEST)
+        artifact.write_manifest(destination, recorded["spec"],
+                                {key: recorded[key] for key in ("saved_model_xla",) if key in recorded})
     return destination
 
 
@@ -208,11 +210,12 @@ def drop_a_nan(arrays):
     arrays[key] = values
 
 
-@pytest.mark.parametrize("edit, failed_check", [(scale_first_loss, "values"), (drop_a_nan, "nan_positions")],
-                         ids=["value-off-by-1e-3", "nan-replaced"])
-def test_a_tampered_reference_output_fails_and_is_named(defaults, tmp_path, edit, failed_check):
+@pytest.mark.parametrize("edit, manifest, failed_check", [
+    (scale_first_loss, True, "values"), (drop_a_nan, True, "nan_positions"), (scale_first_loss, False, "ran"),
+], ids=["value-off-by-1e-3", "nan-replaced", "manifest-not-updated"])
+def test_a_tampered_reference_output_fails_and_is_named(defaults, tmp_path, edit, manifest, failed_check):
     name = "variant-sparse-softmax"
-    retouched(defaults / name, tmp_path / "artifacts" / name, edit)
+    retouched(defaults / name, tmp_path / "artifacts" / name, edit, manifest)
     # TensorFlow importable here: the report's own record of sys.modules is the witness
     result = run_check("--provider", "cpu", "--artifacts", tmp_path / "artifacts", "--only", name, "--out", tmp_path / "out",
                        *QUICK)
@@ -222,6 +225,9 @@ def test_a_tampered_reference_output_fails_and_is_named(defaults, tmp_path, edit
     data = load_json(tmp_path / "out" / "gpu.json")
     assert data["passed"] is False and failed_check in data["artifacts"][0]["failed"]
     assert data["tensorflow_imported"] is False
+    if failed_check == "ran":  # the manifest check refused the artifact before ONNX Runtime ran
+        assert "reference.npz" in data["artifacts"][0]["error"] and "reference.npz" in (tmp_path / "out" / "gpu.md").read_text()
+        return
     per_sample = next(v for v in data["artifacts"][0]["validation"]["outputs"] if v["output"] == "per_sample")
     assert per_sample["failures"] >= 1
     if failed_check == "nan_positions":
