@@ -7,7 +7,6 @@ scripts/gpu_remote.sh --dry-run)."""
 
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from export import artifact
 from export.exporter import default_specs
-from tests.exporting import ROOT, exported, load_json
+from exporting import ROOT, exported, load_json
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 # what the GPU machine lacks: any import of these raises ImportError in the check's process
