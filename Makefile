@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install artifacts bench test demo clean
+.PHONY: install artifacts bench gpu-check test demo clean
 
 install: $(STAMP)
 
@@ -24,6 +24,17 @@ artifacts: install
 # writes docs/bench.json, docs/bench.md and docs/bench.png.
 bench: artifacts
 	$(BIN)/focalgraph bench --eval-rows 262144 --json docs/bench.json
+
+# The CUDA check (docs/gpu-check.md): every artifact validated against its stored TensorFlow
+# outputs, its nodes' providers and its speed on ONNX Runtime's CUDA provider; writes docs/gpu.json
+# and docs/gpu.md. PROVIDER=cpu does the same on the CPU and writes to a new temporary folder
+# (GPU_CHECK_ARGS="--out DIR" names one). Needs only numpy, onnx and onnxruntime(-gpu) and the
+# artifacts `make artifacts` wrote: it installs nothing, so it runs where only those are (a plain
+# python3 where there is no .venv).
+PROVIDER ?= cuda
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PYTHONPATH="$${PYTHONPATH:+$$PYTHONPATH:}$(CURDIR)" $(GPU_PYTHON) scripts/gpu_check.py --provider $(PROVIDER) $(GPU_CHECK_ARGS)
 
 # One worker per core (at most 4: each imports TensorFlow), tests handed out as workers free up.
 test: install
