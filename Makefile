@@ -23,7 +23,7 @@ artifacts: install
 # Speed: the default sparse-softmax and sigmoid artifacts against Keras and a read-once floor;
 # writes docs/bench.json, docs/bench.md and docs/bench.png.
 bench: artifacts
-	$(BIN)/focalgraph bench --eval-rows 262144 --json docs/bench.json
+	$(BIN)/focalgraph bench --eval-rows 262144 --json docs/bench.json --force
 
 # One worker per core (at most 4: each imports TensorFlow), tests handed out as workers free up.
 test: install

@@ -68,9 +68,10 @@ def keygen(out) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def sign(artifact_dir, key) -> Path:
+def sign(artifact_dir, key, *, force: bool = False) -> Path:
     """Sign the artifact at ``artifact_dir`` with the private key file ``key``; returns the path
-    of ``signature.sig`` (replaced if the artifact was signed before).
+    of ``signature.sig``. One that exists (the artifact was signed before, or someone put a file
+    of that name there) is replaced only with ``force``, otherwise `UsageError` (docs/outputs.md).
 
     Only an artifact that passes its own checks is signed: its manifest, and for a loss artifact
     the agreement of its files (`export.consistency`, no TensorFlow needed), so a signature never
@@ -81,6 +82,8 @@ def sign(artifact_dir, key) -> Path:
     from model_signing import hashing
 
     directory = Path(artifact_dir)
+    if os.path.lexists(directory / SIGNATURE) and not force:
+        raise writing.existing_output("ARTIFACT", directory / SIGNATURE)
     artifact.verify(directory)
     if (directory / artifact.SPEC).is_file():
         from export.consistency import confirm_artifact
@@ -102,7 +105,7 @@ def sign(artifact_dir, key) -> Path:
         except Exception as error:  # model_signing's own errors while hashing or signing
             raise ArtifactError(f"{directory}: could not be signed ({_first_line(error)})") from None
         # inside the artifact on purpose, so not through `writing.check_outputs` (which refuses that)
-        writing.write_atomically("ARTIFACT", directory / SIGNATURE, bundle.read_bytes())
+        writing.write_atomically("ARTIFACT", directory / SIGNATURE, bundle.read_bytes(), force=force)
     return directory / SIGNATURE
 
 

@@ -603,8 +603,8 @@ def is_own_plot(path) -> bool:
 
 
 def check_plot_path(plot) -> None:
-    """``--plot``: a ``.png`` name, and an existing file only if eval wrote it (`UsageError`)."""
+    """``--plot``: a ``.png`` name (`UsageError`). An existing file is replaced only with
+    ``--force``, as every output is (`export.writing.check_outputs`): the PNG's metadata
+    (`is_own_plot`) is a mark anyone can copy, not proof that eval wrote the file."""
     if Path(str(plot)).suffix.lower() != ".png":
         raise UsageError(f"--plot: {plot}: expected a .png file name")
-    if Path(plot).exists() and Path(plot).is_file() and not is_own_plot(plot):
-        raise UsageError(f"--plot: {plot} exists and is not a plot eval wrote; name a new file")

@@ -22,7 +22,7 @@ from focal_graph.spec import FocalSpec
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
-             report=None, public_key=None) -> dict:
+             report=None, public_key=None, force: bool = False) -> dict:
     """Validate the artifact at ``artifact_dir``; returns the report (``report["passed"]``).
 
     Two checks, both in the report. ONNX Runtime on ``provider`` against the reference, output
@@ -39,6 +39,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         reference_only: compare with ``reference.npz`` instead of running TensorFlow.
         report: a path to write the report to as JSON (outside the artifact; see
             `export.writing.check_outputs`).
+        force: replace ``report`` if it exists (otherwise `UsageError`; docs/outputs.md).
         public_key: refuse the artifact unless its signature verifies with this public key
             (`export.signing.verify`).
 
@@ -47,7 +48,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     """
     directory = Path(artifact_dir)
     check_provider(provider)
-    report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory})["--report"]
+    report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory}, force=force)["--report"]
     if public_key is not None:
         from export import signing
 
@@ -95,7 +96,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     result["artifact"] = str(directory)
     result = _finite(result)
     if report is not None:
-        writing.write_atomically("--report", report, artifact.json_bytes(result))
+        writing.write_atomically("--report", report, artifact.json_bytes(result), force=force)
     return result
 
 
