@@ -53,7 +53,8 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     Returns the summary: ``count``, ``sum``, ``mean`` (over samples), ``mean_per_position``,
     ``per_class`` (count, sum and mean loss per class over the loss's positions, see
     `LossSummary`), ``hardest`` (the ``top_k`` largest per-sample losses and their rows or ids)
-    and the provider that ran."""
+    and the provider that ran. For a weighted artifact the means over positions are its own
+    ``sum(w loss) / sum(w)``, and ``weight_sum`` and ``weights_enter`` are added (`LossSummary`)."""
     _check_options(batch_size=batch_size, top_k=top_k, engine=engine, address=address, master=master)
     check_outputs(artifact_path, out, summary, predictions, labels, plot, weights, force=force)
     if plot is not None:
