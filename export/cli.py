@@ -262,11 +262,14 @@ def keygen_command(out):
 @click.argument("artifact", type=click.Path())
 @click.option("--key", required=True, type=click.Path(dir_okay=False), help="The private key (PEM) to sign with.")
 @click.option("--force", is_flag=True, help="Replace the artifact's signature.sig if it exists (re-signing).")
-def sign_command(artifact, key, force):
+@click.option("--unchecked-saved-model", is_flag=True,
+              help="Without TensorFlow: sign an artifact whose saved_model/ no witness checked; its manifest records "
+                   "that, and inspect and validate print it.")
+def sign_command(artifact, key, force, unchecked_saved_model):
     """Sign every file of an artifact into its signature.sig (after its own checks; needs focalgraph[signing])."""
     from export.signing import sign
 
-    click.echo(f"wrote {sign(artifact, key, force=force)}")
+    click.echo(f"wrote {sign(artifact, key, force=force, unchecked_saved_model=unchecked_saved_model)}")
 
 
 def _verify_signature(artifact, public_key) -> None:

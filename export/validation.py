@@ -94,6 +94,9 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     result["consistency"] = consistency.check_artifact(directory, spec, saved_model=saved_model, atol=atol, rtol=rtol)
     result["passed"] = result["passed"] and result["consistency"]["passed"] and not errors
     result["artifact"] = str(directory)
+    # what signing recorded as unchecked (sign --unchecked-saved-model): printed, so that nobody
+    # takes a signature for a check of it
+    result["unchecked"] = artifact.unchecked_files(artifact.read_manifest(directory / artifact.MANIFEST))
     result = _finite(result)
     if report is not None:
         writing.write_atomically("--report", report, artifact.json_bytes(result), force=force)
@@ -196,6 +199,7 @@ def format_report(report: dict) -> str:
     agreement = report.get("consistency")  # export's own report has none: it wrote the files itself
     if agreement is not None:
         lines.extend(consistency.format_consistency(agreement))
+    lines.extend(f"  unchecked at signing: {name}: {why}" for name, why in report.get("unchecked", {}).items())
     verdict = "  PASS" if report["passed"] else "  FAIL"
     if agreement is not None and not agreement["passed"]:
         files = [str(Path(report.get("artifact", "")) / name) for name in agreement["files"]]
