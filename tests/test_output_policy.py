@@ -145,3 +145,23 @@ def test_keygen_never_replaces_a_key(workspace):
     line = one_line_error(run_cli("keygen", "--out", workspace / "key"), "keygen")
     assert f"{workspace / 'key'} already exists; a key is never overwritten" in line
     assert snapshot(workspace) == before
+
+
+def test_a_file_that_appears_while_a_command_writes_is_not_replaced(tmp_path):
+    """Without --force the rename into place cannot replace a file created after the check
+    (a hard link, which fails where the name is taken); what the commit placed is removed."""
+    from export.errors import UsageError
+    from export.writing import StagedFiles
+
+    files = StagedFiles()
+    files.write("--summary", tmp_path / "first.json", b"{}")
+    files.write("--out", tmp_path / "thesis.npy", b"new losses")
+    (tmp_path / "thesis.npy").write_bytes(FOREIGN)  # another program, after the check
+    with pytest.raises(UsageError, match="--out: .*thesis.npy already exists; pass --force to replace it"):
+        with files:
+            pass
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["thesis.npy"]
+    assert (tmp_path / "thesis.npy").read_bytes() == FOREIGN
+    with StagedFiles(force=True) as forced:
+        forced.write("--out", tmp_path / "thesis.npy", b"new losses")
+    assert (tmp_path / "thesis.npy").read_bytes() == b"new losses"
