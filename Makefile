@@ -23,7 +23,7 @@ artifacts: install
 # Speed: the default sparse-softmax and sigmoid artifacts against Keras and a read-once floor;
 # writes docs/bench.json, docs/bench.md and docs/bench.png.
 bench: artifacts
-	$(BIN)/focalgraph bench --eval-rows 262144 --json docs/bench.json
+	$(BIN)/focalgraph bench --eval-rows 262144 --json docs/bench.json --force
 
 # The CUDA check (docs/gpu-check.md): every artifact validated against its stored TensorFlow
 # outputs, its nodes' providers and its speed on ONNX Runtime's CUDA provider; writes docs/gpu.json

@@ -37,6 +37,9 @@ MANIFEST = "manifest.json"
 # `focalgraph sign`'s signature of every other file: outside the manifest (which it signs), so the
 # manifest check accepts it unlisted; `export.signing` checks it.
 SIGNATURE = "signature.sig"
+# The manifest's record of files signed without a witness checking them (`export.signing.sign`
+# with ``unchecked_saved_model``): {file: why}. The signature covers it, inspect and validate print it.
+UNCHECKED = "unchecked"
 MANIFEST_VERSION = 1
 SPEC_METADATA = "focalgraph.spec"  # the ONNX metadata key that holds the spec's JSON
 # The loss's forms: the ONNX model's outputs in this order, one SavedModel signature each.
@@ -135,6 +138,13 @@ def read_manifest(path) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise ArtifactError(f"{path}: unreadable manifest ({error})") from None
     return manifest
+
+
+def unchecked_files(manifest: dict) -> dict[str, str]:
+    """The files ``manifest`` records as signed with no witness checking them, ``{file: why}``
+    ({} for none; see `export.signing.sign`)."""
+    record = manifest.get(UNCHECKED)
+    return {str(name): str(why) for name, why in record.items()} if isinstance(record, dict) else {}
 
 
 def is_manifest(path) -> bool:

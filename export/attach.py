@@ -44,7 +44,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     bad argument (an output that does not exist, a class count, layout, rank or dtype that does
     not match, a model opset below 13, check shapes that do not fit the model),
     `ConversionError` when the graphs cannot be reconciled."""
-    destination = writing.check_outputs({"--out": out}, {"--model": model, "--loss": loss}, replace=force)["--out"]
+    destination = writing.check_outputs({"--out": out}, {"--model": model, "--loss": loss}, force=force)["--out"]
     network = _load("--model", model)
     check_shapes = parse_check_shapes(check_shapes, network)
     spec, loss_model = _load_loss(loss)
@@ -87,7 +87,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     combined.metadata_props.extend(kept)
     onnx.helper.set_model_props(combined, {**{p.key: p.value for p in kept}, "focalgraph.attached": spec.to_json()})
     _check(combined, network, output, spec, label_input, prefix + "per_sample", check_shapes)
-    writing.write_atomically("--out", destination, combined.SerializeToString())
+    writing.write_atomically("--out", destination, combined.SerializeToString(), force=force)
     return combined
 
 

@@ -355,7 +355,7 @@ class BatchEvaluator:
         summary = None
         if len(predictions):  # an empty batch has no row shape to summarise by, and adds nothing
             summary = LossSummary(spec, predictions.shape[1:], self.top_k)
-            summary.add(losses, labels, elements=elements, first_row=first_row, ids=ids)
+            summary.add(losses, labels, elements=elements, first_row=first_row, ids=ids, weights=loss_weights)
         arrays, fields = [flat_column(losses)], [LOSS_COLUMN]
         if ids is not None:
             arrays.insert(0, ids)

@@ -58,7 +58,7 @@ PEER = "per_sample"  # the form eval uses, and the one Keras's unreduced loss is
 
 def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_SIZES, repeats: int = 21,
           warmup: int = 3, json_path=None, startup: bool = True, export_time: bool = True, progress=None,
-          eval_rows: int = 0) -> dict:
+          eval_rows: int = 0, force: bool = False) -> dict:
     """Benchmark each artifact at each size; returns the results (and writes ``json_path``, with
     a Markdown table and a PNG plot beside it, when given).
 
@@ -66,7 +66,8 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
     those of its rank, and the default sizes (reshaped to its rank, see `default_sizes`) when
     ``sizes`` is not given. ``export_time``: also time a full export of each spec (seconds each);
     ``startup``: also time cold start-ups (`startup_times`); ``eval_rows``: also time ``focalgraph
-    eval`` of that many rows of a sparse .npy against one read of it (`eval_times`; 0: not)."""
+    eval`` of that many rows of a sparse .npy against one read of it (`eval_times`; 0: not);
+    ``force``: replace the three files of ``json_path`` where they exist (docs/outputs.md)."""
     from export.cases import parse_shapes
     from export.runtime import open_session
 
@@ -80,7 +81,7 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
         json_path = Path(json_path)
         if json_path.suffix != ".json":
             raise UsageError(f"--json: {json_path}: name a .json file (the .md and .png are written beside it)")
-        writing.check_outputs(written(json_path), {"ARTIFACTS": list(artifacts)})
+        writing.check_outputs(written(json_path), {"ARTIFACTS": list(artifacts)}, force=force)
     given = None if sizes is None or sizes is DEFAULT_SIZES else _shapes(sizes)
     plans = {}
     for directory in artifacts:
@@ -119,7 +120,7 @@ def bench(artifacts=DEFAULT_ARTIFACTS, *, provider: str = "cpu", sizes=DEFAULT_S
     if eval_rows:
         results["eval"] = eval_times(eval_rows, repeats=max(1, min(repeats, 5)))
     if json_path is not None:
-        write(results, Path(json_path))
+        write(results, Path(json_path), force=force)
     return results
 
 
@@ -411,13 +412,13 @@ def written(json_path: Path) -> dict:
             "--json (its plot)": json_path.with_suffix(".png")}
 
 
-def write(results: dict, json_path: Path) -> None:
+def write(results: dict, json_path: Path, *, force: bool = False) -> None:
     """``json_path``, and beside it the Markdown table (``.md``) and the plot (``.png``), all
-    three or none."""
-    outputs = writing.check_outputs(written(json_path))
+    three or none; existing ones only with ``force``."""
+    outputs = writing.check_outputs(written(json_path), force=force)
     image = io.BytesIO()
     plot(results, image)
-    with writing.StagedFiles() as files:
+    with writing.StagedFiles(force=force) as files:
         files.write("--json", outputs["--json"], artifact.json_bytes(results))
         files.write("--json", outputs["--json (its table)"], markdown(results).encode())
         files.write("--json", outputs["--json (its plot)"], image.getvalue())

@@ -42,6 +42,7 @@ _SPEC_OPTIONS = [
 _PROVIDER = click.option(
     "--provider", default="auto", show_default=True, help="ONNX Runtime execution provider: auto | cpu | cuda."
 )
+_FORCE = click.option("--force", is_flag=True, help="Replace the output if it exists (docs/outputs.md).")
 _PUBLIC_KEY = click.option(
     "--public-key", type=click.Path(dir_okay=False),
     help="Refuse the artifact unless its signature.sig verifies with this public key (PEM; needs focalgraph[signing]).",
@@ -129,6 +130,7 @@ def export_defaults_command(out, no_validate, **options):
 @click.option("--rtol", type=float, help="Relative tolerance (default by dtype: 1e-5 for float32).")
 @click.option("--reference-only", is_flag=True, help="Compare with reference.npz; does not import TensorFlow.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@_FORCE
 @_PUBLIC_KEY
 def validate_command(artifact, **options):
     """Run ONNX Runtime and TensorFlow (or the stored reference) and compare every output."""
@@ -171,6 +173,8 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
 @click.option("--address", help="--engine ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 @click.option("--master", help="--engine spark: the Spark master (default local[*]).")
+@click.option("--force", is_flag=True, help="Replace --out (a .npy), --summary and --plot if they exist "
+              "(never a dataset directory).")
 @_PROVIDER
 @_PUBLIC_KEY
 def eval_command(artifact, **options):
@@ -228,6 +232,7 @@ def embed_command(**options):
 @click.option("--repeats", type=int, default=21, show_default=True, help="Interleaved rounds; each figure is their minimum (median beside).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results here, with a Markdown table (.md) and a plot (.png) beside it.")
+@click.option("--force", is_flag=True, help="Replace the --json file, its .md and .png if they exist.")
 @click.option("--eval-rows", type=int, default=0, show_default=True,
               help="Also time `focalgraph eval` of this many rows x 1000 classes of a sparse .npy against one read of it "
                    "(262144: 1 GiB); 0: not.")
@@ -256,11 +261,15 @@ def keygen_command(out):
 @_VERBOSE
 @click.argument("artifact", type=click.Path())
 @click.option("--key", required=True, type=click.Path(dir_okay=False), help="The private key (PEM) to sign with.")
-def sign_command(artifact, key):
+@click.option("--force", is_flag=True, help="Replace the artifact's signature.sig if it exists (re-signing).")
+@click.option("--unchecked-saved-model", is_flag=True,
+              help="Without TensorFlow: sign an artifact whose saved_model/ no witness checked; its manifest records "
+                   "that, and inspect and validate print it.")
+def sign_command(artifact, key, force, unchecked_saved_model):
     """Sign every file of an artifact into its signature.sig (after its own checks; needs focalgraph[signing])."""
     from export.signing import sign
 
-    click.echo(f"wrote {sign(artifact, key)}")
+    click.echo(f"wrote {sign(artifact, key, force=force, unchecked_saved_model=unchecked_saved_model)}")
 
 
 def _verify_signature(artifact, public_key) -> None:

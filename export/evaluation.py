@@ -36,7 +36,7 @@ ENGINES = ("local", "ray", "spark")
 def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batch_size: int = DEFAULT_BATCH_SIZE,
              provider: str = "auto", top_k: int = DEFAULT_TOP_K, progress: bool = False, id_column: str | None = None,
              weight_column: str | None = None, engine: str = "local", address: str | None = None,
-             master: str | None = None, plot=None, weights=None) -> dict:
+             master: str | None = None, plot=None, weights=None, force: bool = False) -> dict:
     """Evaluate the loss at ``artifact_path`` on ``predictions`` and ``labels`` (sources, see
     `export.sources`); write the per-sample losses to ``out`` (a ``.npy`` file, or a Parquet
     dataset directory when ``out`` has no suffix) and the summary to ``summary`` (JSON) when
@@ -47,13 +47,16 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     ``local`` (this process), ``ray`` (Ray Data; ``address`` joins a cluster) or ``spark``
     (``master``, default ``local[*]``), which read Parquet only. ``plot``: a ``.png`` of the
     mean loss per class (`export.summary.plot_per_class`; needs matplotlib, focalgraph[bench]).
+    An existing ``out`` (a ``.npy``), ``summary`` or ``plot`` is replaced only with ``force``,
+    otherwise `UsageError` (docs/outputs.md); an existing dataset directory never is.
 
     Returns the summary: ``count``, ``sum``, ``mean`` (over samples), ``mean_per_position``,
     ``per_class`` (count, sum and mean loss per class over the loss's positions, see
     `LossSummary`), ``hardest`` (the ``top_k`` largest per-sample losses and their rows or ids)
-    and the provider that ran."""
+    and the provider that ran. For a weighted artifact the means over positions are its own
+    ``sum(w loss) / sum(w)``, and ``weight_sum`` and ``weights_enter`` are added (`LossSummary`)."""
     _check_options(batch_size=batch_size, top_k=top_k, engine=engine, address=address, master=master)
-    check_outputs(artifact_path, out, summary, predictions, labels, plot, weights)
+    check_outputs(artifact_path, out, summary, predictions, labels, plot, weights, force=force)
     if plot is not None:
         require_matplotlib()  # a missing extra is refused before the run, with nothing written
     session = LossSession(artifact_path, provider, threads=compute_threads(artifact_path) if engine == "local" else None)
@@ -68,15 +71,15 @@ def evaluate(artifact_path, *, predictions, labels, out=None, summary=None, batc
     if engine == "local":
         partial = _evaluate_locally(session, artifact_path, predictions, labels, out, batch_size=batch_size, top_k=top_k,
                                     progress=progress, id_column=id_column, weight_column=weight_column,
-                                    summary_path=summary, weights=weights)
+                                    summary_path=summary, weights=weights, force=force)
     else:
         from export import engines
 
         partial = engines.run(engine, session, predictions=predictions, labels=labels, out=out, batch_size=batch_size,
                               top_k=top_k, id_column=id_column, weight_column=weight_column, address=address,
-                              master=master, summary_path=summary)
+                              master=master, summary_path=summary, force=force)
     if plot is not None:
-        writing.write_atomically("--plot", plot, plot_per_class(partial))
+        writing.write_atomically("--plot", plot, plot_per_class(partial), force=force)
     return partial
 
 
@@ -133,7 +136,7 @@ def result_dict(session, partial: LossSummary | None, *, artifact_path, predicti
 
 
 def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch_size, top_k, progress, id_column, weight_column,
-                      summary_path, weights=None) -> dict:
+                      summary_path, weights=None, force: bool = False) -> dict:
     import pyarrow as pa
 
     spec = session.spec
@@ -162,7 +165,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
             # inside the try: an interrupt (SIGINT, SIGTERM, SIGHUP) just after the temporary file
             # appears still discards it
             if out is not None:
-                sink = sinks.open_sink(out, predicted.rows, dtype)
+                sink = sinks.open_sink(out, predicted.rows, dtype, force=force)
             bar = _progress_bar(predicted.rows, progress)
             streams = [sources.rebatched(predicted.arrays(batch_size), batch_size),
                        sources.rebatched(truth.arrays(batch_size), batch_size)]
@@ -193,7 +196,7 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
             result = result_dict(session, merged, artifact_path=artifact_path, predictions=predictions, labels=labels,
                                  engine="local", row_shape=predicted.row_shape)
             if summary_path is not None:  # both files are complete before either is renamed into place
-                staged_summary = writing.StagedFiles()
+                staged_summary = writing.StagedFiles(force=force)
                 staged_summary.write("--summary", summary_path, artifact.json_bytes(result))
             if sink is not None:
                 sink.commit()
@@ -270,10 +273,12 @@ def check_sources(spec, predicted, truth, extra) -> None:
     check_dtypes(spec, predicted.dtype, truth.dtype)
 
 
-def check_outputs(artifact_path, out, summary, predictions, labels, plot=None, weights=None) -> None:
+def check_outputs(artifact_path, out, summary, predictions, labels, plot=None, weights=None, *,
+                  force: bool = False) -> None:
     """The one output check (`export.writing.check_outputs`: realpath, never inside or equal to
-    an input or an artifact), for ``--out`` (a .npy file, or a new Parquet dataset directory),
-    ``--summary`` and ``--plot`` (a .png, replaced only when eval wrote it)."""
+    an input or an artifact, an existing file replaced only with ``force``), for ``--out`` (a .npy
+    file, or a new Parquet dataset directory, never replaced: nothing proves eval wrote one),
+    ``--summary`` and ``--plot`` (a .png)."""
     inputs = {"ARTIFACT": artifact_path, "--predictions": sources.input_paths(predictions),
               "--labels": sources.input_paths(labels)}
     if weights is not None:
@@ -283,15 +288,15 @@ def check_outputs(artifact_path, out, summary, predictions, labels, plot=None, w
         # (/dev/null), which the file rules refuse as not a regular file
         directory = sinks.is_dataset_path(out) and not (os.path.lexists(out) and not os.path.isdir(out))
         if directory and os.path.lexists(out):
-            sinks.check_destination(out)  # eval never replaces a directory (it has no --force)
-        writing.check_outputs({"--out": out}, inputs, directory=directory)
+            sinks.check_destination(out)  # eval never replaces a directory, even with --force
+        writing.check_outputs({"--out": out}, inputs, directory=directory, force=force)
         sinks.check_destination(out)
     if summary is not None:
-        checked = writing.check_outputs({"--summary": summary}, inputs)["--summary"]
+        checked = writing.check_outputs({"--summary": summary}, inputs, force=force)["--summary"]
         if out is not None and checked == Path(os.path.realpath(out)):
             raise UsageError(f"--summary: {summary} is also --out; write outputs to files of their own")
     if plot is not None:
-        checked = writing.check_outputs({"--plot": plot}, inputs)["--plot"]
+        checked = writing.check_outputs({"--plot": plot}, inputs, force=force)["--plot"]
         for flag, other in (("--out", out), ("--summary", summary)):
             if other is not None and checked == Path(os.path.realpath(other)):
                 raise UsageError(f"--plot: {plot} is also {flag}; write outputs to files of their own")

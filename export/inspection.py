@@ -47,6 +47,8 @@ def inspect(artifact_dir, *, public_key=None) -> dict:
             "file": artifact.SIGNATURE if (directory / artifact.SIGNATURE).is_file() else None,
             "verified_with": None if public_key is None else str(public_key),
         },
+        # files signed with no witness checking them (sign --unchecked-saved-model): {file: why}
+        "unchecked": artifact.unchecked_files(manifest),
     }
     if (directory / artifact.SAVED_MODEL).is_dir():
         with _reading(directory / artifact.SAVED_MODEL):
@@ -161,6 +163,7 @@ def format_inspection(info: dict) -> str:
     else:
         lines.append(f"  signature: {signature['file']} (not checked: pass --public-key)" if signature.get("file")
                      else "  signature: none (the manifest guards against damage, not against edits: see focalgraph sign)")
+    lines.extend(f"  unchecked: {name}: {why}" for name, why in info.get("unchecked", {}).items())
     if "saved_model" in info:
         lines.append("  SavedModel signatures:")
         signatures = info["saved_model"]

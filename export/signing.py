@@ -68,24 +68,36 @@ def keygen(out) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def sign(artifact_dir, key) -> Path:
+def sign(artifact_dir, key, *, force: bool = False, unchecked_saved_model: bool = False) -> Path:
     """Sign the artifact at ``artifact_dir`` with the private key file ``key``; returns the path
-    of ``signature.sig`` (replaced if the artifact was signed before).
+    of ``signature.sig``. One that exists (the artifact was signed before, or someone put a file
+    of that name there) is replaced only with ``force``, otherwise `UsageError` (docs/outputs.md).
 
     Only an artifact that passes its own checks is signed: its manifest, and for a loss artifact
-    the agreement of its files (`export.consistency`, no TensorFlow needed), so a signature never
-    vouches for an edited ``spec.json``. Raises `ArtifactError` for an artifact that fails them,
-    `UsageError` for a key that cannot sign.
+    the agreement of its files (`export.consistency`), so a signature never vouches for an edited
+    ``spec.json``. No signature covers a file no witness checked: a ``saved_model/`` is run by
+    TensorFlow on the stored inputs (`export.consistency.saved_model_witness`). Without
+    TensorFlow, an artifact holding one is refused (`UsageError`) unless ``unchecked_saved_model``,
+    which the manifest then records under ``unchecked`` (`_record_unchecked`), inside what is
+    signed; inspect and validate print it. Raises `ArtifactError` for an artifact that fails its
+    checks, `UsageError` for a key that cannot sign.
     """
     model_signing = _model_signing("sign")
     from model_signing import hashing
 
     directory = Path(artifact_dir)
+    if os.path.lexists(directory / SIGNATURE) and not force:
+        raise writing.existing_output("ARTIFACT", directory / SIGNATURE)
     artifact.verify(directory)
+    unchecked = None
     if (directory / artifact.SPEC).is_file():
         from export.consistency import confirm_artifact
 
-        confirm_artifact(directory, artifact.read_spec(directory))
+        spec = artifact.read_spec(directory)
+        saved_model = None
+        if (directory / artifact.SAVED_MODEL).is_dir():
+            saved_model, unchecked = _saved_model_witness(directory, unchecked_saved_model)
+        confirm_artifact(directory, spec, saved_model=saved_model)
     key = Path(key)
     if not key.is_file():
         raise UsageError(f"--key: {key}: no such file")
@@ -95,6 +107,7 @@ def sign(artifact_dir, key) -> Path:
         raise UsageError(f"--key: {key} is not an unencrypted elliptic-curve private key in PEM "
                          f"(P-256, P-384 or P-521; {_first_line(error)})") from None
     config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False))
+    _record_unchecked(directory, unchecked)  # before signing: the record is part of what is signed
     with tempfile.TemporaryDirectory() as scratch:
         bundle = Path(scratch) / SIGNATURE
         try:
@@ -102,8 +115,53 @@ def sign(artifact_dir, key) -> Path:
         except Exception as error:  # model_signing's own errors while hashing or signing
             raise ArtifactError(f"{directory}: could not be signed ({_first_line(error)})") from None
         # inside the artifact on purpose, so not through `writing.check_outputs` (which refuses that)
-        writing.write_atomically("ARTIFACT", directory / SIGNATURE, bundle.read_bytes())
+        writing.write_atomically("ARTIFACT", directory / SIGNATURE, bundle.read_bytes(), force=force)
     return directory / SIGNATURE
+
+
+UNCHECKED_SAVED_MODEL = ("signed without TensorFlow (sign --unchecked-saved-model): no witness ran it, so nothing "
+                         "says it computes the loss spec.json, model.onnx and reference.npz describe")
+
+
+def _saved_model_witness(directory: Path, unchecked_saved_model: bool):
+    """``(witness, None)``: the SavedModel run by TensorFlow on the stored inputs; or, without
+    TensorFlow and with ``unchecked_saved_model``, ``(None, the note to record)``."""
+    from export.errors import MissingExtra
+    from export.quiet import import_tensorflow
+
+    path = directory / artifact.SAVED_MODEL
+    try:
+        import_tensorflow()
+    except MissingExtra:
+        if not unchecked_saved_model:
+            raise UsageError(f"ARTIFACT: {path} cannot be checked without TensorFlow, and a signature may not cover a "
+                             "file no witness checked: install focalgraph[tensorflow], or pass --unchecked-saved-model "
+                             "(the artifact then records it unchecked)") from None
+        return None, UNCHECKED_SAVED_MODEL
+    from export import consistency, tensorflow_reference
+
+    cases, _ = consistency.stored_cases(directory)
+    try:
+        forms = tensorflow_reference.saved_model_forms(path)
+    except Exception as error:  # TensorFlow's OpError, OSError, KeyError for a missing signature
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ArtifactError(f"{path}: TensorFlow cannot load it or it lacks a signature of the forms ({reason})") from None
+    return consistency.saved_model_witness(forms, cases), None
+
+
+def _record_unchecked(directory: Path, note: str | None) -> None:
+    """The manifest's ``unchecked`` record, set to ``{"saved_model": note}``, or removed when a
+    witness checked the SavedModel this time (``note`` None); the manifest is focalgraph's own
+    file of an artifact that has just passed `artifact.verify`, so it is rewritten in place."""
+    path = directory / artifact.MANIFEST
+    manifest = artifact.read_manifest(path)
+    if note is None and artifact.UNCHECKED not in manifest:
+        return
+    if note is None:
+        del manifest[artifact.UNCHECKED]
+    else:
+        manifest[artifact.UNCHECKED] = {artifact.SAVED_MODEL: note}
+    writing.write_atomically("ARTIFACT", path, (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
 
 
 def verify(artifact_dir, public_key, flag: str = "--public-key") -> None:

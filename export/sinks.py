@@ -29,13 +29,14 @@ def is_dataset_path(out) -> bool:
 
 
 def check_destination(out) -> None:
-    """``out`` must be creatable and must not exist (eval never replaces what it did not write:
-    a dataset directory could hold anything); a ``.npy`` may replace an earlier file."""
+    """``out`` must be creatable, and a dataset directory must not exist (nothing proves eval
+    wrote one: it could hold anything); an existing ``.npy`` is `export.writing.check_outputs`'s
+    to refuse (without ``--force``)."""
     path = Path(os.path.abspath(out))
     if is_dataset_path(out):
         if path.exists() or path.is_symlink():
             raise UsageError(f"--out: {path} already exists; name a new directory for the Parquet dataset "
-                             "(or a FILE.npy)")
+                             "(or a FILE.npy): eval never replaces a directory, even with --force")
     else:
         if path.suffix.lower() != ".npy":
             raise UsageError(f"--out: {path}: expected FILE.npy, or a directory name without a suffix for a Parquet dataset")
@@ -50,15 +51,16 @@ def _disk_error(out, error: OSError) -> OutputError:
 
 
 class NpySink:
-    """Losses appended to a temporary ``.npy`` of ``rows`` rows of ``dtype``, renamed to ``out``."""
+    """Losses appended to a temporary ``.npy`` of ``rows`` rows of ``dtype``, renamed to ``out``
+    (an existing ``out`` only with ``force``)."""
 
-    def __init__(self, out, rows: int, dtype):
+    def __init__(self, out, rows: int, dtype, *, force: bool = False):
         self.out, self.rows, self.dtype = Path(out), rows, np.dtype(dtype)
         self.written = 0
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows,)})
-        self.files = writing.StagedFiles()
+        self.files = writing.StagedFiles(force=force)
         try:
             # the whole size reserved now: a full disk fails here, in one line
             self.file = self.files.open("--out", self.out, size=len(header.getvalue()) + rows * self.dtype.itemsize)
@@ -132,5 +134,5 @@ class ParquetDatasetSink:
         shutil.rmtree(self.stage, ignore_errors=True)
 
 
-def open_sink(out, rows: int, dtype):
-    return ParquetDatasetSink(out) if is_dataset_path(out) else NpySink(out, rows, dtype)
+def open_sink(out, rows: int, dtype, *, force: bool = False):
+    return ParquetDatasetSink(out) if is_dataset_path(out) else NpySink(out, rows, dtype, force=force)

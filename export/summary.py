@@ -220,6 +220,15 @@ class LossSummary:
     - the multi-label presets (their loss sums the classes): the position's loss over the
       positions with a positive target for c.
 
+    A weighted artifact (``spec.weighted``) multiplies each element by its weight ``w`` (its
+    ``weights`` input, the element's shape) and its ``mean`` is ``sum(w loss) / sum(w)`` over the
+    counted positions (0 where ``sum(w)`` is 0). Every mean over positions here is that mean on
+    the positions it covers: ``mean_per_position`` is the artifact's ``mean`` of all the rows, a
+    class's ``mean_loss`` the artifact's ``mean`` with the weights of every other position set
+    to 0. Sums, ``hardest`` and the per-sample ``mean`` take the weighted losses as the artifact
+    returns them; counts stay counts of positions. ``--weight-column``'s row weights multiply
+    the losses only (they are not the artifact's).
+
     Memory is O(C) (exact sums of 68 int64 limbs per class and counter), whatever the input's
     size. Per-sample figures (per-image totals for (N, H, W, C)) are not kept here: they are
     eval's per-sample output (``--out``), and the ``top_k`` largest are in ``hardest``.
@@ -242,16 +251,21 @@ class LossSummary:
         slots = 2 * self.classes if self.own_class_loss else self.classes
         self.class_sums = ExactSums(slots)
         self.class_count = np.zeros(slots, np.int64)
+        # a weighted loss's weights, summed where the loss is: the denominators of its means
+        self.weighted = bool(spec.weighted)
+        self.weight_total = ExactSums(1)
+        self.class_weights = ExactSums(slots)
         self.hardest: list[tuple[float, int | None, object]] = []  # (loss, row, id)
 
     def add(self, losses: np.ndarray, labels: np.ndarray, *, elements: np.ndarray | None = None,
-            first_row: int | None = 0, ids=None) -> None:
+            first_row: int | None = 0, ids=None, weights: np.ndarray | None = None) -> None:
         """Count one batch: ``losses`` (n,), per sample; ``labels`` the batch's labels (n, ...) or
         targets (n, ..., C) as the loss takes them; ``elements`` the unreduced loss, (n, ...), or
         (n, ..., C) for sigmoid (any row weights applied), not needed (and not read) for (n, C)
         losses without a class axis, whose element is ``losses``; ``first_row`` the batch's first row
         in the whole input (None where that is unknown: the ``ids`` then name the rows); ``ids``
-        (n,) or None."""
+        (n,) or None; ``weights`` a weighted loss's weights, the shape of ``elements`` (of
+        ``losses`` for (n, C) losses without a class axis), required by a weighted spec."""
         losses = np.asarray(losses)
         # float32 losses (as ONNX Runtime returns them) are summed as float32: the same exact
         # sums (`ExactSums`), faster; the other figures take them as float64
@@ -268,11 +282,21 @@ class LossSummary:
         elements = np.asarray(elements)
         if elements.dtype != np.float32:  # float32 elements keep their type: `ExactSums` sums them faster
             elements = elements.astype(np.float64)
+        if self.weighted:
+            if weights is None:
+                raise ValueError(f"weights: a weighted loss ({self.spec.name}) is summarised with its weights")
+            weights = np.asarray(weights)
+            if weights.dtype != np.float32:
+                weights = weights.astype(np.float64)
+            if weights.shape != elements.shape:
+                raise ValueError(f"weights: shape {weights.shape}; the loss's elements have {elements.shape}")
         if self.spec.class_axis != self.spec.rank - 1:  # channels-first: classes last, as the loss computes
             if not self.spec.sparse:
                 labels = np.moveaxis(labels, self.spec.class_axis, -1)
             if self.own_class_loss:
                 elements = np.moveaxis(elements, self.spec.class_axis, -1)
+                if self.weighted:
+                    weights = np.moveaxis(weights, self.spec.class_axis, -1)
         self.count += len(losses)
         self.total.add(np.zeros(len(losses), np.int64), summed)
         ignored = None
@@ -286,23 +310,38 @@ class LossSummary:
             per_row = positive.reshape(len(losses), -1).sum(axis=1)
             self.positives += int(per_row.sum())
             self.normalized_total.add(np.zeros(len(losses), np.int64), losses / np.maximum(per_row, 1))
+        # the weights where the loss is, as the artifact's mean takes them (ignored positions: none)
+        class_weights = None
+        if self.weighted:
+            counted_weights = weights if ignored is None else weights[~ignored]
+            self.weight_total.add(np.zeros(counted_weights.size, np.int64), counted_weights)
         if self.spec.sparse:
             counted = ~ignored if ignored is not None else np.ones(labels.shape, bool)
             keys, values = labels[counted], elements[counted]
+            if self.weighted:
+                class_weights = weights[counted]
         elif self.own_class_loss:  # every class's own loss; negatives are counted apart, ignored in neither
             negative = labels <= 0.5
             keys = np.broadcast_to(np.arange(self.classes), labels.shape) + self.classes * negative
-            values = elements
+            values, class_weights = elements, weights
             if ignored is not None:
                 keys, values = keys[~ignored], values[~ignored]
+                if self.weighted:
+                    class_weights = class_weights[~ignored]
         elif self.spec.multi_label:  # the position's loss, once per class it is positive for
             where = np.nonzero(labels >= 0.5)
             keys, values = where[-1], elements[where[:-1]]
+            if self.weighted:
+                class_weights = weights[where[:-1]]
         else:  # soft or one-hot targets: the most likely class (positions of all-zero targets have none)
             has_class = labels.max(axis=-1) > 0 if labels.size else np.zeros(labels.shape[:-1], bool)
             keys, values = np.argmax(labels, axis=-1)[has_class] if labels.size else np.zeros(0, np.int64), elements[has_class]
+            if self.weighted:
+                class_weights = weights[has_class]
         keys = np.asarray(keys, np.int64).ravel()
         self.class_sums.add(keys, np.asarray(values).ravel())
+        if self.weighted:
+            self.class_weights.add(keys, np.asarray(class_weights).ravel())
         self.class_count += np.bincount(keys, minlength=len(self.class_count))
         if self.top_k and len(losses):
             keep = _largest(losses, self.top_k)
@@ -327,22 +366,31 @@ class LossSummary:
         self.normalized_total.absorb(other.normalized_total)
         self.class_sums.absorb(other.class_sums)
         self.class_count = self.class_count + other.class_count
+        self.weight_total.absorb(other.weight_total)
+        self.class_weights.absorb(other.class_weights)
         self.hardest = _top(self.hardest + other.hardest, self.top_k)
         return self
 
     def as_dict(self) -> dict:
         """The summary fields of `evaluate`'s result."""
         total = self.total.floats()[0]
+        if self.weighted:  # the artifact's own `mean`: sum(w loss) / sum(w), 0 where sum(w) is 0
+            weight = self.weight_total.integers()[0]
+            mean_per_position = (self.total.integers()[0] / weight if weight else 0.0) if self.positions else None
+        else:  # the artifact's own `mean`: over the loss's positions, ignore_index ones left out
+            mean_per_position = total / self.positions if self.positions else None
         result = {
             "count": self.count,
             "sum": total,
             "mean": total / self.count if self.count else None,
-            # the artifact's own `mean`: over the loss's positions, ignore_index ones left out
-            "mean_per_position": total / self.positions if self.positions else None,
+            "mean_per_position": mean_per_position,
             "per_class": self.per_class(),
             "per_class_by": _PER_CLASS_BY[self._grouping()],
             "hardest": [_hard_row(loss, row, name) for loss, row, name in self.hardest],
         }
+        if self.weighted:
+            result["weight_sum"] = self.weight_total.floats()[0]
+            result["weights_enter"] = WEIGHTS_ENTER
         if self.spec.ignore_index is not None:
             result["ignored_positions"] = self.ignored
         if self.spec.normalized_by_positives:
@@ -368,16 +416,19 @@ class LossSummary:
         """One entry per class: ``count`` positions and their ``mean_loss`` (None for none);
         for sigmoid losses also ``positives`` and ``negatives``, each a count and mean."""
         sums, counts = self.class_sums.integers(), self.class_count
+        # a weighted loss's means divide by the weights' sums (`_mean_entry`), the others by counts
+        weights = self.class_weights.integers() if self.weighted else [None] * len(sums)
         classes = self.classes
         entries = []
         for c in range(classes):
             if self.own_class_loss:
                 both = sums[c] + sums[classes + c]  # exact: one rounding for the class's whole sum
-                entry = _mean_entry(c, both, int(counts[c] + counts[classes + c]))
-                entry["positives"] = _mean_entry(None, sums[c], int(counts[c]))
-                entry["negatives"] = _mean_entry(None, sums[classes + c], int(counts[classes + c]))
+                both_weights = None if weights[c] is None else weights[c] + weights[classes + c]
+                entry = _mean_entry(c, both, int(counts[c] + counts[classes + c]), both_weights)
+                entry["positives"] = _mean_entry(None, sums[c], int(counts[c]), weights[c])
+                entry["negatives"] = _mean_entry(None, sums[classes + c], int(counts[classes + c]), weights[classes + c])
             else:
-                entry = _mean_entry(c, sums[c], int(counts[c]))
+                entry = _mean_entry(c, sums[c], int(counts[c]), weights[c])
             entries.append(entry)
         return entries
 
@@ -388,13 +439,15 @@ class LossSummary:
                   "count": self.count, "ignored": self.ignored, "positives": self.positives, "hardest": self.hardest}
         # only the limbs in use (a few, for losses of similar size), not all 68 per class
         used = np.flatnonzero(self.total.limbs.any(axis=0) | self.class_sums.limbs.any(axis=0)
-                              | self.normalized_total.limbs.any(axis=0))
+                              | self.normalized_total.limbs.any(axis=0) | self.weight_total.limbs.any(axis=0)
+                              | self.class_weights.limbs.any(axis=0))
         first, last = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
         header["limbs"] = [first, last]
         np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
                  total=self.total.limbs[:, first:last], class_limbs=self.class_sums.limbs[:, first:last],
                  normalized_total=self.normalized_total.limbs[:, first:last],
-                 class_count=self.class_count)
+                 weight_total=self.weight_total.limbs[:, first:last],
+                 class_weights=self.class_weights.limbs[:, first:last], class_count=self.class_count)
         return buffer.getvalue()
 
     @classmethod
@@ -408,9 +461,15 @@ class LossSummary:
             summary.total.limbs[:, first:last] = arrays["total"]
             summary.class_sums.limbs[:, first:last] = arrays["class_limbs"]
             summary.normalized_total.limbs[:, first:last] = arrays["normalized_total"]
+            summary.weight_total.limbs[:, first:last] = arrays["weight_total"]
+            summary.class_weights.limbs[:, first:last] = arrays["class_weights"]
             summary.class_count = arrays["class_count"]
         return summary
 
+
+WEIGHTS_ENTER = ("the weights multiply every loss: sum, mean (per sample), hardest and each class's sum are of "
+                 "w * loss; mean_per_position and each class's mean_loss are sum(w * loss) / sum(w) over their "
+                 "positions (the artifact's own mean); counts are positions")
 
 _PER_CLASS_BY = {
     "label": "label",
@@ -421,13 +480,20 @@ _PER_CLASS_BY = {
 _UNIT = 1 << 1074  # ExactSums' integers are in units of 2**-1074
 
 
-def _mean_entry(c, total: int, count: int) -> dict:
+def _mean_entry(c, total: int, count: int, weight: int | None = None) -> dict:
     """``class`` (unless None), ``count``, ``sum`` and ``mean_loss`` of an exact integer sum:
-    each rounded once, the mean straight from the integers (no double rounding)."""
+    each rounded once, the mean straight from the integers (no double rounding). With
+    ``weight`` (a weighted loss's exact sum of weights over the same positions), the mean is
+    ``sum / weight`` (0 where the weights sum to 0, as the artifact's ``mean``) and ``weight`` is
+    in the entry."""
     entry = {} if c is None else {"class": c}
     entry["count"] = count
     entry["sum"] = _rounded(total, 1)
-    entry["mean_loss"] = _rounded(total, count) if count else None
+    if weight is None:
+        entry["mean_loss"] = _rounded(total, count) if count else None
+    else:
+        entry["weight"] = _rounded(weight, 1)
+        entry["mean_loss"] = (total / weight if weight else 0.0) if count else None
     return entry
 
 
@@ -498,7 +564,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['artifact']}  {summary['spec']}  ({summary['onnxruntime']['provider']})",
         f"  samples {summary['count']}, sum {summary['sum']:.6g}, mean per sample {_number(summary['mean'])}, "
-        f"mean per position {_number(summary['mean_per_position'])}",
+        + ("weighted mean per position, sum(w loss) / sum(w)," if "weight_sum" in summary else "mean per position")
+        + f" {_number(summary['mean_per_position'])}",
     ]
     if "normalized" in summary:
         lines.append(f"  positives {summary['positives']}, normalized (sum / positives) {summary['normalized']:.6g}, "
@@ -603,8 +670,8 @@ def is_own_plot(path) -> bool:
 
 
 def check_plot_path(plot) -> None:
-    """``--plot``: a ``.png`` name, and an existing file only if eval wrote it (`UsageError`)."""
+    """``--plot``: a ``.png`` name (`UsageError`). An existing file is replaced only with
+    ``--force``, as every output is (`export.writing.check_outputs`): the PNG's metadata
+    (`is_own_plot`) is a mark anyone can copy, not proof that eval wrote the file."""
     if Path(str(plot)).suffix.lower() != ".png":
         raise UsageError(f"--plot: {plot}: expected a .png file name")
-    if Path(plot).exists() and Path(plot).is_file() and not is_own_plot(plot):
-        raise UsageError(f"--plot: {plot} exists and is not a plot eval wrote; name a new file")

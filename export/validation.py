@@ -23,7 +23,7 @@ from focal_graph.spec import FocalSpec
 
 
 def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rtol=None, reference_only: bool = False,
-             report=None, public_key=None) -> dict:
+             report=None, public_key=None, force: bool = False) -> dict:
     """Validate the artifact at ``artifact_dir``; returns the report (``report["passed"]``).
 
     Two checks, both in the report. ONNX Runtime on ``provider`` against the reference, output
@@ -40,6 +40,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
         reference_only: compare with ``reference.npz`` instead of running TensorFlow.
         report: a path to write the report to as JSON (outside the artifact; see
             `export.writing.check_outputs`).
+        force: replace ``report`` if it exists (otherwise `UsageError`; docs/outputs.md).
         public_key: refuse the artifact unless its signature verifies with this public key
             (`export.signing.verify`).
 
@@ -48,7 +49,7 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     """
     directory = Path(artifact_dir)
     check_provider(provider)
-    report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory})["--report"]
+    report = writing.check_outputs({"--report": report}, {"ARTIFACT": directory}, force=force)["--report"]
     if public_key is not None:
         from export import signing
 
@@ -94,9 +95,12 @@ def validate(artifact_dir, *, provider: str = "auto", shapes=None, atol=None, rt
     result["consistency"] = consistency.check_artifact(directory, spec, saved_model=saved_model, atol=atol, rtol=rtol)
     result["passed"] = result["passed"] and result["consistency"]["passed"] and not errors
     result["artifact"] = str(directory)
+    # what signing recorded as unchecked (sign --unchecked-saved-model): printed, so that nobody
+    # takes a signature for a check of it
+    result["unchecked"] = artifact.unchecked_files(artifact.read_manifest(directory / artifact.MANIFEST))
     result = _finite(result)
     if report is not None:
-        writing.write_atomically("--report", report, artifact.json_bytes(result))
+        writing.write_atomically("--report", report, artifact.json_bytes(result), force=force)
     return result
 
 
@@ -209,6 +213,7 @@ def format_report(report: dict) -> str:
     agreement = report.get("consistency")  # export's own report has none: it wrote the files itself
     if agreement is not None:
         lines.extend(consistency.format_consistency(agreement))
+    lines.extend(f"  unchecked at signing: {name}: {why}" for name, why in report.get("unchecked", {}).items())
     verdict = "  PASS" if report["passed"] else "  FAIL"
     if agreement is not None and not agreement["passed"]:
         files = [str(Path(report.get("artifact", "")) / name) for name in agreement["files"]]

@@ -7,11 +7,15 @@ ones included, writes the same way.
 - `check_outputs` is the check every command that writes runs before it starts: each output is
   resolved with ``realpath`` (symlinks followed) and refused, `UsageError` (exit 2), when it is an
   input file, lies inside an input directory or any focalgraph artifact, holds an input, is
-  another output of the same command, or cannot be created. An existing directory is replaced
-  only with ``force``, and only when it is empty or focalgraph wrote it (its manifest, and no
-  file that manifest does not list).
+  another output of the same command, or cannot be created. The one replacement policy
+  (docs/outputs.md): an existing output is replaced only with ``force`` (``--force``), otherwise
+  `UsageError` naming the flag and the file; a directory, even with ``force``, only when it is
+  empty or focalgraph wrote it (its manifest, and no file that manifest does not list). Nothing
+  tells a foreign ``.npy``, ``.json`` or ``.txt`` from one focalgraph wrote, so a file is never
+  replaced on the strength of its contents.
 - `staged` (a directory) and `StagedFiles` (a group of files) write under a temporary name beside
-  the destination and rename into place only once everything is complete. On any failure,
+  the destination and rename into place only once everything is complete; without ``force`` the
+  rename never replaces a file that appeared meanwhile (a hard link, which fails if the name exists). On any failure,
   Ctrl-C included, the temporaries are removed; an OSError (a full disk) becomes one
   `OutputError` line (exit 1).
 - Temporary names carry their writer (a hash of the host name and boot, the pid and the process
@@ -50,15 +54,16 @@ _TEMPORARY = re.compile(
 # The output-path check
 
 
-def check_outputs(outputs: dict, inputs: dict | None = None, *, directory: bool = False, force: bool = False,
-                  replace: bool = True) -> dict:
+def check_outputs(outputs: dict, inputs: dict | None = None, *, directory: bool = False,
+                  force: bool = False) -> dict:
     """Check every path a command will write, before it starts; returns ``{flag: resolved Path}``
     (None stays None).
 
     ``outputs``: ``{flag: path}``; ``inputs``: ``{flag: path or list of paths}`` the command
-    reads (files or directories). Outputs are files, or with ``directory`` directories that are
-    created or, with ``force``, replaced. ``replace``: whether an existing output file may be
-    replaced (``attach`` wants ``--force`` for that). Raises `UsageError` naming the flag.
+    reads (files or directories). Outputs are files, or with ``directory`` directories; one that
+    exists is replaced only with ``force`` (a directory only if focalgraph wrote it), otherwise
+    `UsageError` naming the flag, the path and ``--force`` (`existing_output`). Raises
+    `UsageError` naming the flag.
     """
     sources = []
     for flag, value in (inputs or {}).items():
@@ -70,7 +75,7 @@ def check_outputs(outputs: dict, inputs: dict | None = None, *, directory: bool 
         if path is None:
             checked[flag] = None
             continue
-        resolved = _check_directory(flag, path, force) if directory else _check_file(flag, path, replace)
+        resolved = _check_directory(flag, path, force) if directory else _check_file(flag, path)
         for other, done in checked.items():
             if done == resolved:
                 raise UsageError(f"{flag}: {path} is also {other}; write outputs to files of their own")
@@ -80,6 +85,9 @@ def check_outputs(outputs: dict, inputs: dict | None = None, *, directory: bool 
             if _is_artifact(parent):
                 raise UsageError(f"{flag}: {path} is inside the artifact {parent}; write it elsewhere "
                                  "(a file added to an artifact fails its manifest check)")
+        # last: an output that may never be written anywhere says so rather than asking for --force
+        if not directory and not force and os.path.lexists(resolved):
+            raise existing_output(flag, path)
         checked[flag] = resolved
     return checked
 
@@ -94,7 +102,12 @@ def _text(flag: str, path) -> str:
     return text
 
 
-def _check_file(flag: str, path, replace: bool) -> Path:
+def existing_output(flag: str, path) -> UsageError:
+    """The one refusal of an output that exists (exit 2), for every command."""
+    return UsageError(f"{flag}: {path} already exists; pass --force to replace it")
+
+
+def _check_file(flag: str, path) -> Path:
     text = _text(flag, path)
     if text.endswith(os.sep) or Path(text).name in ("", ".", ".."):
         raise UsageError(f"{flag}: {path} is a directory; name a file")
@@ -104,8 +117,6 @@ def _check_file(flag: str, path, replace: bool) -> Path:
     if os.path.lexists(resolved):
         if not resolved.is_file():
             raise UsageError(f"{flag}: {path} is not a regular file (a device, pipe or socket); name a file")
-        if not replace:
-            raise UsageError(f"{flag}: {path} already exists; pass --force to replace it")
     if not resolved.parent.is_dir() or not os.access(resolved.parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag}: {resolved.parent} is not a writable directory")
     return resolved
@@ -120,7 +131,7 @@ def _check_directory(flag: str, path, force: bool) -> Path:
         if not resolved.is_dir():
             raise UsageError(f"{flag}: {path} exists and is not a directory")
         if not force:
-            raise UsageError(f"{flag}: {path} already exists; pass --force to replace it")
+            raise existing_output(flag, path)
         _check_replaceable(flag, path, resolved)
     parent = resolved.parent
     while not parent.exists():
@@ -307,7 +318,7 @@ def staged(out, *, force: bool, flag: str = "--out") -> Iterator[Path]:
             before = _state(out)
             if before is not None:
                 if not force:
-                    raise UsageError(f"{flag}: {out} already exists; pass --force to replace it")
+                    raise existing_output(flag, out)
                 _check_replaceable(flag, out, out)
             stage = _temporary(out, "partial")
             os.mkdir(stage, 0o700)  # private while it is written; DIRECTORY_MODE once complete
@@ -387,13 +398,18 @@ class StagedFiles:
     removed and no destination changes. An OSError (a full disk, an unwritable directory) is an
     `OutputError` naming the flag and the file.
 
-        with StagedFiles() as files:
+        with StagedFiles(force=force) as files:
             losses = files.open("--out", out, size=total_bytes)   # space reserved up front
             ...
             files.write("--summary", summary, data)
+
+    Without ``force`` a destination that exists when the files are renamed into place (one that
+    appeared after `check_outputs`) is left alone: `UsageError` (`existing_output`), and the
+    destinations already placed by this commit are removed again.
     """
 
-    def __init__(self):
+    def __init__(self, *, force: bool = False):
+        self.force = force
         self._files: list[tuple[str, Path, Path, BinaryIO]] = []
 
     def open(self, flag: str, destination, size: int | None = None) -> BinaryIO:
@@ -435,9 +451,21 @@ class StagedFiles:
                 os.fsync(file.fileno())
                 os.fchmod(file.fileno(), FILE_MODE)
                 file.close()
-        for flag, destination, temporary, file in self._files:
-            with self.reporting(flag, destination):
-                os.replace(temporary, destination)
+        placed = []
+        try:
+            for flag, destination, temporary, file in self._files:
+                with self.reporting(flag, destination):
+                    if self.force:
+                        os.replace(temporary, destination)
+                    else:
+                        _place_new(flag, temporary, destination)
+                placed.append(destination)
+        except BaseException:
+            if not self.force:  # all or nothing: what this commit created goes again
+                for destination in placed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(destination)
+            raise
         self._files = []
 
     def discard(self) -> None:
@@ -464,6 +492,24 @@ class StagedFiles:
         return False
 
 
+def _place_new(flag: str, temporary: Path, destination: Path) -> None:
+    """Rename ``temporary`` to ``destination`` only if no file has that name: a hard link fails
+    if the name exists, where a rename would silently replace it."""
+    try:
+        os.link(temporary, destination)
+    except FileExistsError:
+        raise existing_output(flag, destination) from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        # a file system without hard links (FAT, some FUSE mounts): checked, then renamed
+        if os.path.lexists(destination):
+            raise existing_output(flag, destination) from None
+        os.replace(temporary, destination)
+        return
+    os.unlink(temporary)
+
+
 def _reserve(descriptor: int, size: int) -> None:
     try:
         os.posix_fallocate(descriptor, 0, size)
@@ -474,8 +520,9 @@ def _reserve(descriptor: int, size: int) -> None:
             raise
 
 
-def write_atomically(flag: str, path, data: bytes) -> None:
+def write_atomically(flag: str, path, data: bytes, *, force: bool = False) -> None:
     """Write ``data`` to ``path`` (checked by `check_outputs`) via a temporary file, so no
-    half-written file ever remains; `OutputError` when it cannot be written."""
-    with StagedFiles() as files:
+    half-written file ever remains; `OutputError` when it cannot be written. An existing ``path``
+    is replaced only with ``force`` (`StagedFiles`)."""
+    with StagedFiles(force=force) as files:
         files.write(flag, path, data)

@@ -384,7 +384,7 @@ def test_parquet_image_rows_of_inconsistent_shape_are_refused_naming_the_flag_an
     assert not (tmp_path / "l.npy").exists()
 
 
-def test_plot_writes_a_png_and_replaces_only_its_own(nhwc, tmp_path):
+def test_plot_writes_a_png_and_replaces_an_existing_file_only_with_force(nhwc, tmp_path):
     from export.summary import is_own_plot
 
     rng = np.random.default_rng(8)
@@ -394,11 +394,14 @@ def test_plot_writes_a_png_and_replaces_only_its_own(nhwc, tmp_path):
     assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0
     png = (tmp_path / "classes.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and is_own_plot(tmp_path / "classes.png")
-    assert run_main(*arguments, "--plot", tmp_path / "classes.png").returncode == 0  # its own plot: replaced
+    # even its own plot: the PNG's mark is no proof (anyone can copy it), so the one policy holds
+    line = one_line_error(run_main(*arguments, "--plot", tmp_path / "classes.png"), "eval")
+    assert f"--plot: {tmp_path / 'classes.png'} already exists; pass --force to replace it" in line
+    assert run_main(*arguments, "--plot", tmp_path / "classes.png", "--force").returncode == 0
     foreign = tmp_path / "photo.png"
     foreign.write_bytes(png.replace(b"focalgraph eval --plot", b"somebody else's tool"))
     line = one_line_error(run_main(*arguments, "--plot", foreign), "eval")
-    assert f"--plot: {foreign} exists and is not a plot eval wrote" in line
+    assert f"--plot: {foreign} already exists; pass --force to replace it" in line
     assert b"somebody else's tool" in foreign.read_bytes()
     line = one_line_error(run_main(*arguments, "--plot", tmp_path / "classes.pdf", "--out", tmp_path / "l.npy"), "eval")
     assert "--plot: " in line and "expected a .png file name" in line and not (tmp_path / "l.npy").exists()

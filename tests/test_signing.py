@@ -138,7 +138,7 @@ def test_an_unsigned_artifact_is_refused_when_a_public_key_is_given(signed, keys
 def test_a_signature_made_with_another_key_is_refused(signed, keys):
     with pytest.raises(ArtifactError, match="signature.sig: not made with the key of .*signed with another key"):
         signing.verify(signed, keys["other_public"])
-    signing.sign(signed, keys["other_private"])  # re-signing replaces the signature
+    signing.sign(signed, keys["other_private"], force=True)  # re-signing replaces the signature
     signing.verify(signed, keys["other_public"])
     with pytest.raises(ArtifactError, match="another key"):
         signing.verify(signed, keys["public"])
@@ -162,18 +162,18 @@ def test_sign_refuses_an_artifact_whose_files_disagree(signed, keys):
     spec = load_json(signed / "spec.json")
     spec["gamma"] = 0.5
     (signed / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-    result = run_cli("sign", signed, "--key", keys["private"])
+    result = run_cli("sign", signed, "--key", keys["private"], "--force")
     assert result.returncode == 2 and "spec.json" in result.stderr  # the manifest refuses it first
     manifest = load_json(signed / artifact.MANIFEST)
     artifact.write_manifest(signed, manifest["spec"], {"saved_model_xla": manifest["saved_model_xla"]})
     with pytest.raises(ArtifactError, match="spec.json does not describe the loss"):
-        signing.sign(signed, keys["private"])
+        signing.sign(signed, keys["private"], force=True)
 
 
 def test_a_key_that_cannot_sign_is_a_usage_error(signed, keys, tmp_path):
     (tmp_path / "garbage.pem").write_text("not a key")
     with pytest.raises(UsageError, match="--key: .* is not an unencrypted elliptic-curve private key"):
-        signing.sign(signed, tmp_path / "garbage.pem")
+        signing.sign(signed, tmp_path / "garbage.pem", force=True)
     with pytest.raises(UsageError, match="--public-key: .* is not an elliptic-curve public key"):
         signing.verify(signed, tmp_path / "garbage.pem")
 

@@ -79,7 +79,7 @@ def partials_of(column) -> list[LossSummary]:
 
 
 def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_k: int, id_column, weight_column,
-        address, master, summary_path) -> dict:
+        address, master, summary_path, force: bool = False) -> dict:
     """Evaluate with ``engine`` (``ray`` or ``spark``); returns the summary (see `evaluate`)."""
     from export.evaluation import result_dict
 
@@ -111,7 +111,7 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
         result = result_dict(session, merged, artifact_path=session.path, predictions=predictions, labels=labels,
                              engine=engine)
         if summary_path is not None:
-            staged_summary = writing.StagedFiles()
+            staged_summary = writing.StagedFiles(force=force)
             staged_summary.write("--summary", summary_path, artifact.json_bytes(result))
         if stage is not None:
             if out.exists():  # appeared while the job ran: never replace what we did not write
