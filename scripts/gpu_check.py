@@ -84,6 +84,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=21, help="interleaved timing rounds (default 21)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each runner first (default 3)")
     parser.add_argument("--only", default=None, help="comma-separated default artifact names (default: all)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier gpu-check report in --out (docs/outputs.md); another file is never replaced")
     args = parser.parse_args(argv)
     for flag, value, least in (("--rows", args.rows, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
         if value < least:
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         names, out = _plan(args)
         report = check(Path(args.artifacts), names, provider=args.provider, rows=args.rows, repeats=args.repeats,
                        warmup=args.warmup, progress=lambda line: print(line, flush=True))
-        out = write(report, out)
+        out = write(report, out, force=args.force)
     except FocalgraphError as error:
         print(f"gpu_check: error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 1)
@@ -135,7 +137,7 @@ def _plan(args) -> tuple[list[str], Path | None]:
             if os.path.lexists(resolved / name) and not _ours(resolved / name):
                 raise UsageError(f"--out: {resolved / name} exists and is not a gpu-check report; name another folder")
         writing.check_outputs({"--out (gpu.json)": resolved / "gpu.json", "--out (gpu.md)": resolved / "gpu.md"},
-                              {"--artifacts": [Path(args.artifacts) / name for name in names]})
+                              {"--artifacts": [Path(args.artifacts) / name for name in names]}, force=args.force)
     elif os.path.lexists(resolved):
         raise UsageError(f"--out: {out} exists and is not a directory")
     elif not resolved.parent.is_dir() or not os.access(resolved.parent, os.W_OK | os.X_OK):
@@ -547,14 +549,14 @@ def _float(value) -> float:
     return float(value)  # the validation report writes inf and NaN as strings: float() reads both
 
 
-def write(report: dict, out: Path | None) -> Path:
+def write(report: dict, out: Path | None, *, force: bool = False) -> Path:
     """``out/gpu.json`` and ``out/gpu.md``, both or neither; ``out`` None: a new temporary
-    folder. Returns the folder."""
+    folder. An earlier report there is replaced only with ``force``. Returns the folder."""
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="focalgraph-gpu-check-"))
     elif not out.is_dir():
         out.mkdir()
-    with writing.StagedFiles() as files:
+    with writing.StagedFiles(force=force) as files:
         files.write("--out", out / "gpu.json", artifact.json_bytes(report))
         files.write("--out", out / "gpu.md", markdown(report).encode())
     return out

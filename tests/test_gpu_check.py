@@ -358,3 +358,18 @@ def test_the_run_step_dry_run_prints_the_cuda_command(split_wheel, tmp_path):
     assert "preload_dlls" in ran.stdout and f"PYTHONPATH={state / 'site'}:" in ran.stdout
     assert "scripts/gpu_check.py --provider cuda --out " + str(tmp_path / "out") in ran.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_report_is_replaced_only_with_force(tmp_path, defaults, capsys):
+    """docs/outputs.md: an existing output is replaced only with --force, the check's own too."""
+    run = ["--provider", "cpu", "--artifacts", str(defaults), "--only", "variant-sigmoid", "--out", str(tmp_path), *map(str, QUICK)]
+    script = load_script()
+    assert script.main(run) == 0
+    first = (tmp_path / "gpu.json").read_bytes()
+    capsys.readouterr()
+    assert script.main(run) == 2
+    line = capsys.readouterr().err.strip()
+    assert "--force" in line and "gpu.json" in line and len(line.splitlines()) == 1
+    assert (tmp_path / "gpu.json").read_bytes() == first
+    assert script.main([*run, "--force"]) == 0
+    assert (tmp_path / "gpu.json").read_bytes() != first  # a new report: its own timings and date
