@@ -60,7 +60,9 @@ def spec_from_keras_model(path) -> FocalSpec:
 
 def _model_config(path: Path) -> dict:
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: a FIFO would block open() itself until a writer came, before the check below
+        # could refuse it; a regular file ignores the flag
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 raise UsageError(f"--keras: {path} is not a regular file")
             if not zipfile.is_zipfile(file):
