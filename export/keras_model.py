@@ -21,6 +21,7 @@ from focal_graph.keras_specs import UntranslatedWarning
 from focal_graph.spec import FocalSpec
 
 MAX_CONFIG_BYTES = 64 << 20  # a model's config.json; this bounds what --keras reads into memory
+_READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 def spec_from_keras_model(path) -> FocalSpec:
@@ -72,6 +73,13 @@ def _model_config(path: Path) -> dict:
                     member = archive.getinfo("config.json")
                 except KeyError:
                     raise UsageError(f"--keras: {path} is not a .keras model (no config.json in the archive)") from None
+                # zipfile raises its own NotImplementedError / RuntimeError for these; Keras writes neither
+                if member.flag_bits & 0x1:
+                    raise UsageError(f"--keras: {path}: config.json is encrypted in the archive; "
+                                     "a .keras model's config.json is not")
+                if member.compress_type not in _READABLE_METHODS:
+                    raise UsageError(f"--keras: {path}: config.json uses zip compression method {member.compress_type}, "
+                                     "which cannot be read here (stored, deflate, bzip2 or lzma)")
                 if member.file_size > MAX_CONFIG_BYTES:
                     raise UsageError(f"--keras: {path}: config.json is larger than {MAX_CONFIG_BYTES >> 20} MiB")
                 text = archive.read(member).decode("utf-8")
