@@ -17,6 +17,8 @@ output, is refused naming both shapes: matched by position it would be taken as 
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from focal_graph.spec import FocalSpec
 
 PREFIX = "focal_"
 MIN_OPSET = 13  # the lowest opset a loss is exported at
+MAX_CHECK_ELEMENTS = 1 << 26  # per --check-shapes input: 256 MiB of float32, allocated for the self-check
 
 
 def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool = False,
@@ -243,11 +246,14 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
                 raise UsageError(f"--check-shapes: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
                                  f"name each, as NAME=1x64x64x3, not {item!r}")
             name = name or next(iter(inputs))
-            try:
-                shapes[name] = tuple(int(size) for size in sizes.lower().split("x"))
-            except ValueError:
-                raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes joined by x), "
-                                 f"got {item!r}") from None
+            parts = sizes.lower().split("x")
+            # ASCII digits only: int() also takes "１２" (fullwidth), "+3", " 3" and "1_000"
+            if not all(re.fullmatch("[0-9]+", part) for part in parts):
+                raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes in digits 0-9, "
+                                 f"joined by x), got {item!r}")
+            if name in shapes:
+                raise UsageError(f"--check-shapes: input {name!r} is given twice; give each input's shape once")
+            shapes[name] = tuple(int(part) for part in parts)
     elif isinstance(text, dict):
         try:
             shapes = {name: tuple(_size(size) for size in shape) for name, shape in text.items()}
@@ -259,11 +265,17 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
         if name not in inputs:
             raise UsageError(f"--check-shapes: {name!r} is not an input of the model (inputs: {', '.join(inputs)})")
         dims = _dims(inputs[name])
-        fits = len(shape) == len(dims) and all(size >= 0 for size in shape) and all(
+        fits = len(shape) == len(dims) and all(
             not isinstance(d, int) or d == size for d, size in zip(dims, shape))
         if not fits:
             raise UsageError(f"--check-shapes: input {name!r} is {_shape_text(dims)}; "
                              f"{'x'.join(map(str, shape))} does not fit it")
+        if not all(size >= 1 for size in shape):  # an empty input runs nothing: the check would prove nothing
+            raise UsageError(f"--check-shapes: input {name!r}: every size must be 1 or more, got "
+                             f"{'x'.join(map(str, shape))}")
+        if math.prod(shape) > MAX_CHECK_ELEMENTS:
+            raise UsageError(f"--check-shapes: input {name!r}: {'x'.join(map(str, shape))} is more than "
+                             f"{MAX_CHECK_ELEMENTS:,} elements; the self-check needs only a small sample")
     return shapes
 
 

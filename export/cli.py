@@ -191,7 +191,7 @@ def eval_command(artifact, **options):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--check-shapes", help="The model's input shapes for the self-check, e.g. image=1x512x512x3 "
-              "(default: 2 for each symbolic dimension).")
+              "(default: 2 for each symbolic dimension; each input once, sizes from 1, at most 2**26 elements).")
 @_PUBLIC_KEY
 def attach_command(**options):
     """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from exporting import ROOT, one_line_error, run_main
 
@@ -63,3 +66,39 @@ def test_a_keras_config_zipfile_cannot_read_is_one_line(tmp_path, damage, named)
     line = one_line_error(run_main("export", "--keras", model, "--out", tmp_path / "out"), "export")
     assert f"--keras: {model}: {named}" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def dense_model_onnx(path, output="logits"):
+    """features (N, 8) -> ``output`` (N, 5): one MatMul, written with onnx.helper."""
+    weights = numpy_helper.from_array(np.ones((8, 5), np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "weights"], [output])], "dense",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 5])], [weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shapes, named", [
+    ("features=9999999999999999999x8", "input 'features': 9999999999999999999x8 is more than 67,108,864 elements"),
+    ("features=100000000000x8", "input 'features': 100000000000x8 is more than 67,108,864 elements"),
+], ids=["beyond-int64", "beyond-memory"])
+def test_check_shapes_too_large_to_allocate_are_one_line(onnx_artifact, tmp_path, shapes, named):
+    model = dense_model_onnx(tmp_path / "model.onnx")
+    result = run_main("attach", "--model", model, "--output", "logits", "--loss", onnx_artifact,
+                      "--out", tmp_path / "both.onnx", "--check-shapes", shapes)
+    assert f"--check-shapes: {named}" in one_line_error(result, "attach")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("shapes, named", [
+    ("features=2x8,features=3x8", "input 'features' is given twice"),
+    ("features=\uff12x8", "expected NAME=1x64x64x3[,NAME=...] (sizes in digits 0-9"),
+    ("features=0x8", "input 'features': every size must be 1 or more, got 0x8"),
+], ids=["repeated-input", "fullwidth-digit", "batch-of-0"])
+def test_check_shapes_that_would_check_something_else_are_refused(onnx_artifact, tmp_path, shapes, named):
+    model = dense_model_onnx(tmp_path / "model.onnx")
+    result = run_main("attach", "--model", model, "--output", "logits", "--loss", onnx_artifact,
+                      "--out", tmp_path / "both.onnx", "--check-shapes", shapes)
+    assert f"--check-shapes: {named}" in one_line_error(result, "attach")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
