@@ -161,16 +161,35 @@ class NpySource(Source):
         return _numpy_arrays(self._windows(size))
 
     def _windows(self, size: int):
-        for start in range(0, self.rows, size):
-            count = min(size, self.rows - start)
-            if self.row_bytes == 0:
-                yield np.zeros((count,) + self.row_shape, self.dtype)
-                continue
-            window = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + start * self.row_bytes,
-                               shape=(count,) + self.row_shape)
-            batch = np.array(window)  # copy out, then unmap: resident memory stays one batch
-            del window
-            yield batch
+        # read(), not a memmap: a file truncated while it is read is a short read here, where a
+        # memmap raises numpy's "mmap length is greater than file size", or SIGBUS mid-copy
+        if self.row_bytes == 0:
+            for start in range(0, self.rows, size):
+                yield np.zeros((min(size, self.rows - start),) + self.row_shape, self.dtype)
+            return
+        try:
+            with open(self.path, "rb", buffering=0) as file:  # unbuffered: each batch is read when it is used
+                file.seek(self.offset)
+                for start in range(0, self.rows, size):
+                    count = min(size, self.rows - start)
+                    batch = np.empty((count,) + self.row_shape, self.dtype)
+                    if _read_into(file, batch.reshape(-1).view(np.uint8)) != batch.nbytes:
+                        raise UsageError(f"{self.flag}: {self.path} was truncated while being read (it ends within "
+                                         f"rows {start} to {start + count - 1} of the {self.rows} its header declares)")
+                    yield batch
+        except OSError as error:
+            raise UsageError(f"{self.flag}: {self.path} could not be read ({error.strerror or error})") from None
+
+
+def _read_into(file, buffer) -> int:
+    """Fill ``buffer`` from the raw ``file``; the bytes read, fewer only at the end of the file."""
+    done = 0
+    while done < len(buffer):
+        count = file.readinto(buffer[done:])
+        if not count:
+            break
+        done += count
+    return done
 
 
 class NpzSource(Source):

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporting import ROOT, one_line_error, run_main
+from exporting import ROOT, one_line_error, run_cli, run_main
 
 
 def run_cli_within(seconds, *args):
@@ -102,3 +102,30 @@ def test_check_shapes_that_would_check_something_else_are_refused(onnx_artifact,
                       "--out", tmp_path / "both.onnx", "--check-shapes", shapes)
     assert f"--check-shapes: {named}" in one_line_error(result, "attach")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+# Truncates the predictions file (a real os.truncate) once eval has read its first batch: the
+# moment is fixed by the source's own iteration, not by a race with another process.
+TRUNCATE_AFTER_FIRST_BATCH = """
+import os
+from export import sources
+_arrays = sources.NpySource.arrays
+def arrays(self, size):
+    for index, array in enumerate(_arrays(self, size)):
+        yield array
+        if index == 0 and self.flag == "--predictions":
+            os.truncate(self.path, os.path.getsize(self.path) // 2)
+sources.NpySource.arrays = arrays
+"""
+
+
+def test_a_npy_truncated_while_eval_reads_it_is_one_line(onnx_artifact, tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "logits.npy", rng.normal(size=(64, 5)).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 5, 64))
+    result = run_cli("eval", onnx_artifact, "--predictions", tmp_path / "logits.npy", "--labels", tmp_path / "labels.npy",
+                     "--batch-size", 8, "--provider", "cpu", "--out", tmp_path / "losses.npy",
+                     python_prelude=TRUNCATE_AFTER_FIRST_BATCH)
+    line = one_line_error(result, "eval")
+    assert f"--predictions: {tmp_path / 'logits.npy'} was truncated while being read" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy", "logits.npy"]
