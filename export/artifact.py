@@ -272,11 +272,24 @@ def check_self_contained(path) -> None:
         raise ArtifactError(f"{path}: cannot read it ({error.strerror or error})") from None
     except Exception as error:  # protobuf's DecodeError and others
         raise ArtifactError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    for tensor in _tensors(model.graph):
+    for tensor in _model_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
             raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data in another file ({location!r}); "
                                 "a focalgraph loss is one self-contained file")
+
+
+def _model_tensors(model):
+    """Every TensorProto of a model: its graph's, its functions' (ONNX Runtime inlines a
+    function's Constant nodes, and loads their external data like an initializer's) and its
+    training graphs'."""
+    yield from _tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+        yield from _attribute_tensors(function.attribute_proto)  # the functions' attribute defaults
+    for training in model.training_info:
+        yield from _tensors(training.initialization)
+        yield from _tensors(training.algorithm)
 
 
 def _tensors(graph):
@@ -286,18 +299,26 @@ def _tensors(graph):
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("sparse_tensor"):
-                yield attribute.sparse_tensor.values
-                yield attribute.sparse_tensor.indices
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
+        yield from _attribute_tensors(node.attribute)
+
+
+def _attribute_tensors(attributes):
+    for attribute in attributes:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        for sparse in ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []) + list(attribute.sparse_tensors):
+            yield sparse.values
+            yield sparse.indices
+        if attribute.HasField("g"):
+            yield from _tensors(attribute.g)
+        for subgraph in attribute.graphs:
+            yield from _tensors(subgraph)
 
 
 def spec_from_metadata(text: str, where) -> FocalSpec:

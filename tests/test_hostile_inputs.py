@@ -129,3 +129,55 @@ def test_a_npy_truncated_while_eval_reads_it_is_one_line(onnx_artifact, tmp_path
     line = one_line_error(result, "eval")
     assert f"--predictions: {tmp_path / 'logits.npy'} was truncated while being read" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy", "logits.npy"]
+
+
+# --- item 4: external data anywhere in the model -------------------------------------------------
+
+
+def external_tensor(name, location="private.txt"):
+    """A float32 (4,) tensor whose data is "in" ``location``, beside the model."""
+    tensor = numpy_helper.from_array(np.zeros(4, np.float32), name=name)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def hide_external_data(model, where):
+    if where in ("function-constant", "function-sparse-constant"):
+        if where == "function-constant":
+            node = helper.make_node("Constant", [], ["leaked"], value=external_tensor("leak"))
+        else:
+            sparse = helper.make_sparse_tensor(external_tensor("leak"), numpy_helper.from_array(np.arange(4), "at"), [8])
+            node = helper.make_node("Constant", [], ["leaked"], sparse_value=sparse)
+        model.functions.append(helper.make_function("focal.hidden", "leak", [], ["leaked"], [node],
+                                                    [helper.make_opsetid("", 17)]))
+        model.opset_import.append(helper.make_opsetid("focal.hidden", 1))
+    else:  # a training graph's initializer
+        training = model.training_info.add()
+        training.initialization.name = "initialization"
+        training.initialization.initializer.append(external_tensor("leak"))
+
+
+@pytest.mark.parametrize("where", ["function-constant", "function-sparse-constant", "training-initializer"])
+@pytest.mark.parametrize("command", ["eval", "attach"])
+def test_external_data_in_a_function_or_training_graph_is_refused(onnx_artifact, tmp_path, command, where):
+    model = onnx.load(str(onnx_artifact / "model.onnx"))
+    hide_external_data(model, where)
+    onnx.save(model, str(tmp_path / "loss.onnx"))
+    (tmp_path / "private.txt").write_bytes(b"\0" * 16)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "logits.npy", rng.normal(size=(20, 5)).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 5, 20))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if command == "eval":
+        args = ["eval", tmp_path / "loss.onnx", "--predictions", tmp_path / "logits.npy", "--labels", tmp_path / "labels.npy",
+                "--provider", "cpu", "--out", tmp_path / "losses.npy"]
+    else:
+        args = ["attach", "--model", onnx_artifact / "model.onnx", "--output", "loss", "--loss", tmp_path / "loss.onnx",
+                "--out", tmp_path / "both.onnx"]
+    line = one_line_error(run_main(*args), command)
+    assert "loss.onnx: tensor 'leak' keeps its data in another file ('private.txt')" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
