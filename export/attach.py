@@ -3,7 +3,8 @@
 onnx and onnxruntime only. The combined model keeps every input and output of the model, takes
 the loss's label input (``labels`` or ``targets``, prefixed if the model already has an input of
 that name) and adds the loss's outputs, prefixed (``focal_loss``, ``focal_per_sample``,
-``focal_sum``, ``focal_mean``). The loss's batch (and other) dimensions are renamed to the
+``focal_sum``, ``focal_mean``; ``focal2_loss``, ... where the model already has one of those
+names). The loss's batch (and other) dimensions are renamed to the
 model's, so the N of the labels is the N of the model's output. It is checked with the full
 checker and a real ONNX Runtime session before it is written: the model alone is run first on
 sample inputs (symbolic dimensions 2, or the shapes given as ``check_shapes``), and the labels
@@ -69,6 +70,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     _align_other_domains(network_copy, loss_model)
 
     true_name, prediction_name = spec.input_names
+    prefix = _free_prefix(prefix, network, loss_model)
     loss_outputs = [prefix + value.name for value in loss_model.graph.output]
     try:
         combined = compose.merge_models(
@@ -92,6 +94,21 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     _check(combined, network, output, spec, label_input, prefix + "per_sample", check_shapes)
     writing.write_atomically("--out", destination, combined.SerializeToString())
     return combined
+
+
+def _free_prefix(prefix: str, network: onnx.ModelProto, loss_model: onnx.ModelProto) -> str:
+    """``prefix``, or the first of ``prefix`` numbered (``focal2_``, ``focal3_``, ...) that gives
+    none of the loss's names one the model already uses: a model with an output ``focal_loss``
+    gets the loss's outputs as ``focal2_loss``, ..., as a model input ``labels`` gets the loss's
+    labels as ``focal_labels`` (onnx.compose refuses names that clash)."""
+    taken = _names(network.graph) | {node.name for node in network.graph.node if node.name}
+    names = _names(loss_model.graph) | {node.name for node in loss_model.graph.node if node.name}
+    number = 1
+    while True:
+        candidate = prefix if number == 1 else f"{prefix.rstrip('_')}{number}_"
+        if not any(candidate + name in taken for name in names):
+            return candidate
+        number += 1
 
 
 def _names(graph) -> set:

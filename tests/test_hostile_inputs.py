@@ -70,7 +70,7 @@ def test_a_keras_config_zipfile_cannot_read_is_one_line(tmp_path, damage, named)
 
 def dense_model_onnx(path, output="logits"):
     """features (N, 8) -> ``output`` (N, 5): one MatMul, written with onnx.helper."""
-    weights = numpy_helper.from_array(np.ones((8, 5), np.float32), "weights")
+    weights = numpy_helper.from_array(np.random.default_rng(8).normal(size=(8, 5)).astype(np.float32), "weights")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["features", "weights"], [output])], "dense",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 8])],
@@ -181,3 +181,28 @@ def test_external_data_in_a_function_or_training_graph_is_refused(onnx_artifact,
     line = one_line_error(run_main(*args), command)
     assert "loss.onnx: tensor 'leak' keeps its data in another file ('private.txt')" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --- item 9: messages that were unclear ---------------------------------------------------------
+
+
+def test_a_model_output_named_like_the_loss_outputs_gets_them_renumbered(onnx_artifact, tmp_path):
+    model = dense_model_onnx(tmp_path / "model.onnx", output="focal_loss")
+    result = run_main("attach", "--model", model, "--output", "focal_loss", "--loss", onnx_artifact,
+                      "--out", tmp_path / "both.onnx")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    combined = onnx.load(str(tmp_path / "both.onnx"))
+    assert [o.name for o in combined.graph.output] == ["focal_loss", "focal2_loss", "focal2_per_sample", "focal2_sum",
+                                                       "focal2_mean"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "both.onnx"), providers=["CPUExecutionProvider"])
+    features = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 0])
+    logits, per_sample = session.run(["focal_loss", "focal2_per_sample"], {"features": features, "labels": labels})
+    # float64 sparse softmax focal loss, gamma 2 (the artifact's default), from the formula
+    logits = logits.astype(np.float64)
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    log_pt = log_p[np.arange(6), labels]
+    np.testing.assert_allclose(per_sample, -(1 - np.exp(log_pt)) ** 2 * log_pt, rtol=1e-5, atol=1e-7)
