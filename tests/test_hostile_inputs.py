@@ -2,6 +2,7 @@
 naming its flag, exit 2, nothing written, and no command hangs or runs out of its memory bound."""
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporting import ROOT, one_line_error, run_cli, run_main
+from exporting import ROOT, one_line_error, run_cli, run_main, snapshot
 
 
 def run_cli_within(seconds, *args):
@@ -108,6 +109,7 @@ def test_check_shapes_that_would_check_something_else_are_refused(onnx_artifact,
 # moment is fixed by the source's own iteration, not by a race with another process.
 TRUNCATE_AFTER_FIRST_BATCH = """
 import os
+import shutil
 from export import sources
 _arrays = sources.NpySource.arrays
 def arrays(self, size):
@@ -206,3 +208,15 @@ def test_a_model_output_named_like_the_loss_outputs_gets_them_renumbered(onnx_ar
     log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
     log_pt = log_p[np.arange(6), labels]
     np.testing.assert_allclose(per_sample, -(1 - np.exp(log_pt)) ** 2 * log_pt, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("command", ["sign", "inspect"])
+def test_a_device_as_the_key_is_not_a_regular_file_rather_than_missing(onnx_artifact, tmp_path, command):
+    shutil.copytree(onnx_artifact, tmp_path / "art")
+    before = snapshot(tmp_path)
+    args = (["sign", tmp_path / "art", "--key", "/dev/zero"] if command == "sign" else
+            ["inspect", tmp_path / "art", "--public-key", "/dev/zero"])
+    line = one_line_error(run_main(*args), command)
+    flag = "--key" if command == "sign" else "--public-key"
+    assert f"{flag}: /dev/zero is not a regular file" in line, line
+    assert snapshot(tmp_path) == before
