@@ -89,8 +89,11 @@ def _model_config(path: Path) -> dict:
         raise UsageError(f"--keras: {path} is not a readable .keras model ({error})") from None
     try:
         config = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         raise UsageError(f"--keras: {path} is not a .keras model (its config.json is not JSON)") from None
+    except RecursionError:  # Python's JSON reader recurses once per level: about 1000 levels
+        raise UsageError(f"--keras: {path}: its config.json is nested too deeply to read (a model's config is a few "
+                         "dozen levels deep)") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise UsageError(f"--keras: {path} is not a .keras model (its config.json describes no model)")
     return config

@@ -220,3 +220,12 @@ def test_a_device_as_the_key_is_not_a_regular_file_rather_than_missing(onnx_arti
     flag = "--key" if command == "sign" else "--public-key"
     assert f"{flag}: /dev/zero is not a regular file" in line, line
     assert snapshot(tmp_path) == before
+
+
+def test_a_keras_config_nested_200000_deep_is_too_deep_not_not_json(tmp_path):
+    model = tmp_path / "model.keras"
+    with zipfile.ZipFile(model, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", "[" * 200_000 + "]" * 200_000)  # valid JSON
+    line = one_line_error(run_main("export", "--keras", model, "--out", tmp_path / "out"), "export")
+    assert f"--keras: {model}: its config.json is nested too deeply to read" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
