@@ -165,7 +165,7 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--weights", help="A weighted loss's weights, the loss's shape per row (same formats as --labels).")
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 16 MiB of predictions fill it, 4 MiB for sigmoid losses).")
-@click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report, 0 to 10000.")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write a bar chart of the mean loss per class here (.png; needs focalgraph[bench]).")
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")

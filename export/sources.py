@@ -41,16 +41,27 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_BYTES = {"softmax": 16 << 20, "element-wise": 4 << 20}
 
 
-def rows_per_batch(batch_size: int, source, *, element_wise: bool = False) -> int:
-    """``batch_size``, or fewer rows where those would exceed `BATCH_BYTES` of predictions."""
+def rows_per_batch(batch_size: int, source, *, element_wise: bool = False, alongside=()) -> int:
+    """``batch_size``, or fewer rows where those would exceed `BATCH_BYTES` of predictions.
+
+    An element-wise loss read from Parquet counts its other Parquet columns (``alongside``: the
+    targets, a weighted loss's weights) too: each column's reader holds pages of its own, and
+    62,500 x 1000 sigmoid rows with targets and weights as columns of one row group peaked at
+    306-316 MB with 4 MiB of predictions per batch, 243-249 MB with 4 MiB of the three columns
+    together (the same rows as .npy files: 236 MB; .npy keeps its batches, as smaller ones were
+    slower: 3.2-3.5 s against 3.3-4.3 s for half of them, unweighted)."""
     limit = BATCH_BYTES["element-wise" if element_wise else "softmax"]
-    return max(1, min(batch_size, limit // source.bytes_per_row()))
+    per_row = source.bytes_per_row()
+    if element_wise and isinstance(source, ParquetSource):
+        per_row += sum(other.bytes_per_row() for other in alongside if isinstance(other, ParquetSource))
+    return max(1, min(batch_size, limit // per_row))
 
 
 # pyarrow reads a whole column chunk (a row group's column: 400 MB in a file written with the
 # defaults) unless it is given a read buffer; with 1 MiB, eval of such a file peaked at 100 MB
 # instead of 504 MB (reading alone, /usr/bin/time -v), and ran faster.
 _READ_BUFFER = 1 << 20
+_READ_BYTES = 1 << 20  # of one column's values per ParquetFile read (see ParquetSource._read_rows)
 
 
 class Source(abc.ABC):
@@ -286,6 +297,13 @@ class ParquetSource(Source):
                      if metadata.row_group(g).column(c).path_in_schema.split(".")[0] == self.column]
             return max(1, sum(sizes) // max(1, metadata.num_rows))
 
+    def _read_rows(self, size: int) -> int:
+        """Rows per read from the file: at most `_READ_BYTES` of values, joined into batches of
+        ``size`` by `rebatched`. pyarrow's reader holds about five times a read's bytes (pages,
+        levels, values) and its allocator keeps more: a 4 MiB read of a list column raised the
+        peak RSS by 71 MB, a 256 KiB one by 18 MB."""
+        return max(1, min(size, _READ_BYTES // self.bytes_per_row()))
+
     def _opened(self, path):
         import pyarrow.parquet as pq
 
@@ -299,7 +317,7 @@ class ParquetSource(Source):
         for path in self.files:
             with self._opened(path) as handle:
                 try:
-                    for record_batch in handle.iter_batches(batch_size=size, columns=[self.column]):
+                    for record_batch in handle.iter_batches(batch_size=self._read_rows(size), columns=[self.column]):
                         start += record_batch.num_rows
                         column = record_batch.column(0)
                         yield column if column.type == self.type else column.cast(self.type)

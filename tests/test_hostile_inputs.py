@@ -229,3 +229,16 @@ def test_a_keras_config_nested_200000_deep_is_too_deep_not_not_json(tmp_path):
     line = one_line_error(run_main("export", "--keras", model, "--out", tmp_path / "out"), "export")
     assert f"--keras: {model}: its config.json is nested too deeply to read" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+# --- item 6: an option value that would hold every row ------------------------------------------
+
+
+@pytest.mark.parametrize("top_k", ["1000000000", "10001"])
+def test_top_k_beyond_its_cap_is_refused(onnx_artifact, tmp_path, top_k):
+    np.save(tmp_path / "logits.npy", np.zeros((4, 5), np.float32))
+    np.save(tmp_path / "labels.npy", np.zeros(4, np.int64))
+    result = run_main("eval", onnx_artifact, "--predictions", tmp_path / "logits.npy", "--labels", tmp_path / "labels.npy",
+                      "--provider", "cpu", "--top-k", top_k, "--out", tmp_path / "losses.npy")
+    assert f"--top-k: expected an integer from 0 to 10000, got {top_k}" in one_line_error(result, "eval")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy", "logits.npy"]
