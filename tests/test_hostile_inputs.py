@@ -1,6 +1,7 @@
 """Inputs from the third adversarial round (issue 21, items 4 to 9): each is refused in one line
 naming its flag, exit 2, nothing written, and no command hangs or runs out of its memory bound."""
 
+import json
 import os
 import shutil
 import struct
@@ -108,6 +109,7 @@ def test_check_shapes_that_would_check_something_else_are_refused(onnx_artifact,
 # Truncates the predictions file (a real os.truncate) once eval has read its first batch: the
 # moment is fixed by the source's own iteration, not by a race with another process.
 TRUNCATE_AFTER_FIRST_BATCH = """
+import json
 import os
 import shutil
 from export import sources
@@ -242,3 +244,63 @@ def test_top_k_beyond_its_cap_is_refused(onnx_artifact, tmp_path, top_k):
                       "--provider", "cpu", "--top-k", top_k, "--out", tmp_path / "losses.npy")
     assert f"--top-k: expected an integer from 0 to 10000, got {top_k}" in one_line_error(result, "eval")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy", "logits.npy"]
+
+
+# --- item 5: export --keras builds no weights ----------------------------------------------------
+
+# The export in a child whose address space is capped (a real limit: an allocation past it fails),
+# reporting the child's peak RSS. TensorFlow and ONNX Runtime reserve address space well beyond
+# what they touch: 6 GiB holds an ordinary export (peak RSS about 2 GB).
+CAPPED = """
+import resource, subprocess, sys
+cap = 6 << 30
+def limit():
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+code = subprocess.run([sys.executable, "-c", "import sys; from export.cli import main; sys.exit(main(sys.argv[1:]))",
+                       *sys.argv[1:]], preexec_fn=limit).returncode
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def wide_keras_model(path, width):
+    """A .keras of config.json alone (no weights file, 1 KB): Dense(``width``, sigmoid) on a
+    ``width``-wide input, compiled with BinaryFocalCrossentropy; building its weights would take
+    ``width**2`` float32 (1.6 GB at 20000), and their initialisation several times that."""
+    dtype = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
+    config = {
+        "module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+        "config": {"name": "wide", "trainable": True, "layers": [
+            {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "name": "features",
+             "config": {"batch_shape": [None, width], "dtype": "float32", "sparse": False, "name": "features"},
+             "inbound_nodes": []},
+            {"module": "keras.layers", "class_name": "Dense", "registered_name": None, "name": "scores",
+             "config": {"name": "scores", "trainable": True, "dtype": dtype, "units": width, "activation": "sigmoid",
+                        "use_bias": True},
+             "build_config": {"input_shape": [None, width]},
+             "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {
+                 "shape": [None, width], "dtype": "float32", "keras_history": ["features", 0, 0]}}], "kwargs": {}}]}],
+            "input_layers": ["features", 0, 0], "output_layers": ["scores", 0, 0]},
+        "build_config": {"input_shape": None},
+        "compile_config": {"loss": {"module": "keras.losses", "class_name": "BinaryFocalCrossentropy",
+                                    "registered_name": None, "config": {"name": "binary_focal_crossentropy",
+                                                                        "reduction": "sum_over_batch_size",
+                                                                        "gamma": 2.0, "alpha": 0.25,
+                                                                        "apply_class_balancing": False,
+                                                                        "from_logits": False, "label_smoothing": 0.0,
+                                                                        "axis": -1}}},
+    }
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", json.dumps(config))
+    return path
+
+
+def test_export_keras_of_a_20000_wide_model_builds_no_weights(tmp_path):
+    model = wide_keras_model(tmp_path / "wide.keras", 20000)
+    args = ["export", "--keras", model, "--format", "onnx", "--no-validate", "--out", tmp_path / "loss"]
+    result = subprocess.run([sys.executable, "-c", CAPPED, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=600)
+    code, peak_kb = map(int, result.stdout.split()[-2:])
+    assert code == 0, result.stderr[-2000:]
+    spec = json.loads((tmp_path / "loss" / "spec.json").read_text())
+    assert (spec["variant"], spec["num_classes"], spec["rank"]) == ("sigmoid", 20000, 2)
+    assert peak_kb / 1024 < 3000, f"peak RSS {peak_kb / 1024:.0f} MB"
