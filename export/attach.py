@@ -19,6 +19,7 @@ output, is refused naming both shapes: matched by position it would be taken as 
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def _names(graph) -> set:
 
 
 def _load(flag: str, path) -> onnx.ModelProto:
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block onnx.load's open() for ever
+        raise UsageError(f"{flag}: {path} is not a regular file (a device, pipe or socket); name an .onnx file")
     try:
         return onnx.load(str(path))
     except FileNotFoundError:

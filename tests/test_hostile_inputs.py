@@ -40,6 +40,18 @@ def test_a_fifo_as_the_spec_or_keras_file_is_refused_without_waiting_for_a_write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fifo"]
 
 
+@pytest.mark.parametrize("flag", ["--model", "--loss"])
+def test_a_fifo_as_attachs_model_or_loss_is_refused_without_waiting_for_a_writer(onnx_artifact, tmp_path, flag):
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    files = {"--model": onnx_artifact / "model.onnx", "--loss": onnx_artifact, flag: fifo}
+    result = run_cli_within(60, "attach", "--model", files["--model"], "--output", "loss", "--loss", files["--loss"],
+                            "--out", tmp_path / "both.onnx")
+    line = one_line_error(result, "attach")
+    assert f"{flag}: {fifo} is not a regular file" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fifo"]
+
+
 # --- item 7: tracebacks that became one line ---------------------------------------------------
 
 
