@@ -3,8 +3,9 @@
 The model is rebuilt from the archive's ``config.json`` alone (Keras's own deserialisation, in
 its safe mode, which refuses to run code stored in the file, and in a stateless scope, so its
 variables get shapes but no values), and its compiled loss deserialised on its own: the weights
-are neither read nor created and no optimizer state is, whatever the model's size. The loss comes from `FocalSpec.from_keras`; the model's output fixes the spec's ``rank``
-and, where it is known, the class count C.
+are neither read nor created and no optimizer state is, whatever the model's size. The loss
+comes from `FocalSpec.from_keras`; the model's output fixes the spec's ``rank`` and, where it is
+known, the class count C.
 """
 
 from __future__ import annotations
