@@ -3,7 +3,8 @@
 onnx and onnxruntime only. The combined model keeps every input and output of the model, takes
 the loss's label input (``labels`` or ``targets``, prefixed if the model already has an input of
 that name) and adds the loss's outputs, prefixed (``focal_loss``, ``focal_per_sample``,
-``focal_sum``, ``focal_mean``). The loss's batch (and other) dimensions are renamed to the
+``focal_sum``, ``focal_mean``; ``focal2_loss``, ... where the model already has one of those
+names). The loss's batch (and other) dimensions are renamed to the
 model's, so the N of the labels is the N of the model's output. It is checked with the full
 checker and a real ONNX Runtime session before it is written: the model alone is run first on
 sample inputs (symbolic dimensions 2, or the shapes given as ``check_shapes``), and the labels
@@ -17,6 +18,9 @@ output, is refused naming both shapes: matched by position it would be taken as 
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from focal_graph.spec import FocalSpec
 
 PREFIX = "focal_"
 MIN_OPSET = 13  # the lowest opset a loss is exported at
+MAX_CHECK_ELEMENTS = 1 << 26  # per --check-shapes input: 256 MiB of float32, allocated for the self-check
 
 
 def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool = False,
@@ -66,6 +71,7 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     _align_other_domains(network_copy, loss_model)
 
     true_name, prediction_name = spec.input_names
+    prefix = _free_prefix(prefix, network, loss_model)
     loss_outputs = [prefix + value.name for value in loss_model.graph.output]
     try:
         combined = compose.merge_models(
@@ -91,6 +97,21 @@ def attach(*, model, output: str, loss, out, prefix: str = PREFIX, force: bool =
     return combined
 
 
+def _free_prefix(prefix: str, network: onnx.ModelProto, loss_model: onnx.ModelProto) -> str:
+    """``prefix``, or the first of ``prefix`` numbered (``focal2_``, ``focal3_``, ...) that gives
+    none of the loss's names one the model already uses: a model with an output ``focal_loss``
+    gets the loss's outputs as ``focal2_loss``, ..., as a model input ``labels`` gets the loss's
+    labels as ``focal_labels`` (onnx.compose refuses names that clash)."""
+    taken = _names(network.graph) | {node.name for node in network.graph.node if node.name}
+    names = _names(loss_model.graph) | {node.name for node in loss_model.graph.node if node.name}
+    number = 1
+    while True:
+        candidate = prefix if number == 1 else f"{prefix.rstrip('_')}{number}_"
+        if not any(candidate + name in taken for name in names):
+            return candidate
+        number += 1
+
+
 def _names(graph) -> set:
     """Every tensor name of a graph: inputs, outputs, initializers and node outputs."""
     names = {value.name for value in list(graph.input) + list(graph.output)}
@@ -100,6 +121,8 @@ def _names(graph) -> set:
 
 
 def _load(flag: str, path) -> onnx.ModelProto:
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block onnx.load's open() for ever
+        raise UsageError(f"{flag}: {path} is not a regular file (a device, pipe or socket); name an .onnx file")
     try:
         return onnx.load(str(path))
     except FileNotFoundError:
@@ -243,11 +266,14 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
                 raise UsageError(f"--check-shapes: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
                                  f"name each, as NAME=1x64x64x3, not {item!r}")
             name = name or next(iter(inputs))
-            try:
-                shapes[name] = tuple(int(size) for size in sizes.lower().split("x"))
-            except ValueError:
-                raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes joined by x), "
-                                 f"got {item!r}") from None
+            parts = sizes.lower().split("x")
+            # ASCII digits only: int() also takes "１２" (fullwidth), "+3", " 3" and "1_000"
+            if not all(re.fullmatch("[0-9]+", part) for part in parts):
+                raise UsageError(f"--check-shapes: expected NAME=1x64x64x3[,NAME=...] (sizes in digits 0-9, "
+                                 f"joined by x), got {item!r}")
+            if name in shapes:
+                raise UsageError(f"--check-shapes: input {name!r} is given twice; give each input's shape once")
+            shapes[name] = tuple(int(part) for part in parts)
     elif isinstance(text, dict):
         try:
             shapes = {name: tuple(_size(size) for size in shape) for name, shape in text.items()}
@@ -259,11 +285,17 @@ def parse_check_shapes(text, network: onnx.ModelProto) -> dict:
         if name not in inputs:
             raise UsageError(f"--check-shapes: {name!r} is not an input of the model (inputs: {', '.join(inputs)})")
         dims = _dims(inputs[name])
-        fits = len(shape) == len(dims) and all(size >= 0 for size in shape) and all(
+        fits = len(shape) == len(dims) and all(
             not isinstance(d, int) or d == size for d, size in zip(dims, shape))
         if not fits:
             raise UsageError(f"--check-shapes: input {name!r} is {_shape_text(dims)}; "
                              f"{'x'.join(map(str, shape))} does not fit it")
+        if not all(size >= 1 for size in shape):  # an empty input runs nothing: the check would prove nothing
+            raise UsageError(f"--check-shapes: input {name!r}: every size must be 1 or more, got "
+                             f"{'x'.join(map(str, shape))}")
+        if math.prod(shape) > MAX_CHECK_ELEMENTS:
+            raise UsageError(f"--check-shapes: input {name!r}: {'x'.join(map(str, shape))} is more than "
+                             f"{MAX_CHECK_ELEMENTS:,} elements; the self-check needs only a small sample")
     return shapes
 
 

@@ -6,6 +6,7 @@ numpy only. The same seed gives the same cases, so an export's ``reference.npz``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,18 +268,24 @@ def _ignored_targets_cases(spec: FocalSpec, builder, base, alternate) -> list[Ca
     ]
 
 
-def realistic_shape(spec: FocalSpec) -> tuple[int, ...]:
-    """16384 positions at the spec's C (`REALISTIC_CLASSES` when C is dynamic), in its layout."""
+def realistic_shape(spec: FocalSpec, *, legacy: bool = False) -> tuple[int, ...]:
+    """16384 positions at the spec's C (`REALISTIC_CLASSES` when C is dynamic), in its layout;
+    fewer in the first (batch) dimension where C is so large that they would pass
+    `MAX_CASE_ELEMENTS` (C > 1024 at rank 2): a declared C of 20000 made 327M elements, 2.4 GiB
+    per float64 array. ``legacy``: the 16384 positions whatever C (artifacts exported before)."""
     positions = REALISTIC_POSITIONS.get(spec.rank, (4, 16, 16, 16) + (1,) * (spec.rank - 5))
     classes = spec.num_classes or REALISTIC_CLASSES
+    if not legacy and math.prod(positions) * classes > MAX_CASE_ELEMENTS:
+        rest = math.prod(positions[1:]) * classes
+        positions = (max(1, MAX_CASE_ELEMENTS // rest),) + positions[1:]
     return positions[:spec.class_axis] + (classes,) + positions[spec.class_axis:]
 
 
-def realistic_case(spec: FocalSpec, seed: int = 0) -> Case:
+def realistic_case(spec: FocalSpec, seed: int = 0, *, legacy: bool = False) -> Case:
     """One case at `realistic_shape`, comparing the reduced forms: large reductions drift where
     small ones do not. Its inputs come from `portable_uniform`, so ``reference.npz`` stores only
     the seed and a later ``validate --reference-only`` on any machine regenerates them."""
-    named_shape = realistic_shape(spec)
+    named_shape = realistic_shape(spec, legacy=legacy)
     shape = _classes_last(spec, named_shape)
     size = int(np.prod(shape))
     positions = shape[:-1]
@@ -374,9 +381,9 @@ class _CaseBuilder:
             y_true = (rng.uniform(size=shape) < 0.3).astype(np.float64)
             y_true[..., 0] = labels == 0  # some rows with an exact positive at class 0
         else:
-            y_true = np.eye(classes)[labels] if classes else np.zeros(shape)
+            y_true = _one_hot(labels, classes) if classes else np.zeros(shape)
         if saturated:
-            predictions = np.eye(classes)[rng.integers(0, classes, size=shape[:-1])]  # exact 0s and 1s
+            predictions = _one_hot(rng.integers(0, classes, size=shape[:-1]), classes)  # exact 0s and 1s
         elif spec.from_logits:
             predictions = logits
         else:
@@ -393,6 +400,14 @@ class _CaseBuilder:
             loss_shape = shape if spec.loss_shape == "classes" else shape[:-1]
             inputs["weights"] = _weights(spec, loss_shape, rng.uniform(size=loss_shape))
         return Case(name, _laid_out(spec, inputs), artifact.forms(spec))
+
+
+def _one_hot(indices: np.ndarray, classes: int) -> np.ndarray:
+    """float64 one-hot rows, ``indices.shape + (classes,)``: ``np.eye(classes)[indices]`` without
+    the (C, C) identity (3 GB at C = 20000, which a .keras model's output can declare)."""
+    rows = np.zeros(indices.shape + (classes,))
+    np.put_along_axis(rows, indices[..., None], 1.0, axis=-1)
+    return rows
 
 
 def save_reference(path, cases: list[Case], outputs: dict) -> None:
@@ -448,7 +463,11 @@ def read_realistic(path, spec: FocalSpec, forms) -> tuple[list[Case], dict]:
         for number, name in enumerate(names):
             if not name.startswith(REALISTIC_NAME + " "):
                 continue
-            case = realistic_case(spec, int(name.rsplit(" ", 1)[1]))
+            seed = int(name.rsplit(" ", 1)[1])
+            legacy = realistic_shape(spec, legacy=True)
+            # an artifact with C > 1024 exported before the realistic shape was bounded
+            case = realistic_case(spec, seed, legacy=legacy != realistic_shape(spec)
+                                  and name == f"{REALISTIC_NAME} {_text(legacy)} seed {seed}")
             if case.name != name:
                 raise ValueError(f"case {name!r} does not match the spec's realistic shape ({case.name!r})")
             cases.append(case)

@@ -167,7 +167,7 @@ def inspect_command(artifact, as_json, public_key):
 @click.option("--weights", help="A weighted loss's weights, the loss's shape per row (same formats as --labels).")
 @click.option("--weight-column", help="A column of the predictions' Parquet input: a weight >= 0 per row that multiplies its loss.")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Rows per batch (fewer where 16 MiB of predictions fill it, 4 MiB for sigmoid losses).")
-@click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report.")
+@click.option("--top-k", type=int, default=10, show_default=True, help="How many of the hardest rows to report, 0 to 10000.")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write a bar chart of the mean loss per class here (.png; needs focalgraph[bench]).")
 @click.option("--engine", default="local", show_default=True, help="local | ray | spark (Parquet inputs; extras focalgraph[ray], focalgraph[spark]).")
@@ -195,7 +195,7 @@ def eval_command(artifact, **options):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The combined ONNX file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--check-shapes", help="The model's input shapes for the self-check, e.g. image=1x512x512x3 "
-              "(default: 2 for each symbolic dimension).")
+              "(default: 2 for each symbolic dimension; each input once, sizes from 1, at most 2**26 elements).")
 @_PUBLIC_KEY
 def attach_command(**options):
     """Join a loss to a model's ONNX graph: the model's outputs plus the loss's, one more input (labels)."""

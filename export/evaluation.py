@@ -30,6 +30,9 @@ from export.summary import check_plot_path, plot_per_class, require_matplotlib
 
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_TOP_K = 10
+# The hardest rows are kept as Python tuples and printed: --top-k 10**9 on 250,000 rows kept every
+# row (228 MB peak, 18.9 s against 132 MB, 1.8 s at 10); at this cap they stay a few MB
+MAX_TOP_K = 10_000
 ENGINES = ("local", "ray", "spark")
 
 
@@ -106,8 +109,8 @@ def compute_threads(artifact_path) -> int | None:
 def _check_options(*, batch_size, top_k, engine, address, master) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise UsageError(f"--top-k: expected an integer >= 0, got {top_k!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= MAX_TOP_K:
+        raise UsageError(f"--top-k: expected an integer from 0 to {MAX_TOP_K}, got {top_k!r}")
     if engine not in ENGINES:
         raise UsageError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     if address is not None and engine != "ray":
@@ -158,7 +161,8 @@ def _evaluate_locally(session, artifact_path, predictions, labels, out, *, batch
                 extra[flag] = stack.enter_context(sources.open_source(f"{sources.split_name(predictions)[0]}:{name}",
                                                                       flag, (), numeric=flag != "--id-column"))
         check_sources(spec, predicted, truth, extra)
-        batch_size = sources.rows_per_batch(batch_size, predicted, element_wise=spec.multi_label)
+        batch_size = sources.rows_per_batch(batch_size, predicted, element_wise=spec.multi_label,
+                                            alongside=[truth, *(extra[flag] for flag in ("--weights",) if flag in extra)])
         dtype = np.float64 if weight_column is not None else np.dtype(spec.dtype)
         sink = staged_summary = None
         try:

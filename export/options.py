@@ -108,7 +108,9 @@ def _spec_fields(spec) -> dict:
         return {key: value for key, value in spec.to_dict().items()}
     path = Path(spec)
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: a FIFO would block open() itself until a writer came, before the check below
+        # could refuse it; a regular file ignores the flag
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # /dev/zero would never end
                 raise UsageError(f"--spec: {path} is not a regular file")
             data = file.read(MAX_SPEC_BYTES + 1)

@@ -98,9 +98,7 @@ def sign(artifact_dir, key, *, force: bool = False, unchecked_saved_model: bool 
         if (directory / artifact.SAVED_MODEL).is_dir():
             saved_model, unchecked = _saved_model_witness(directory, unchecked_saved_model)
         confirm_artifact(directory, spec, saved_model=saved_model)
-    key = Path(key)
-    if not key.is_file():
-        raise UsageError(f"--key: {key}: no such file")
+    key = _key_file("--key", key)
     try:
         config = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
     except Exception as error:  # cryptography's ValueError/TypeError/UnsupportedAlgorithm, model_signing's ValueError
@@ -164,6 +162,16 @@ def _record_unchecked(directory: Path, note: str | None) -> None:
     writing.write_atomically("ARTIFACT", path, (json.dumps(manifest, indent=2) + "\n").encode(), force=True)
 
 
+def _key_file(flag: str, path) -> Path:
+    """``path`` if it is a regular file; a `UsageError` saying which of missing or not a file."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{flag}: {path}: no such file")
+    if not path.is_file():  # /dev/zero would be read for ever, a FIFO would wait for a writer
+        raise UsageError(f"{flag}: {path} is not a regular file (a directory, device or pipe); give the PEM key file")
+    return path
+
+
 def verify(artifact_dir, public_key, flag: str = "--public-key") -> None:
     """Refuse the artifact at ``artifact_dir`` unless ``signature.sig`` is a signature of every
     file in it by the private key of ``public_key`` (a PEM file).
@@ -174,9 +182,7 @@ def verify(artifact_dir, public_key, flag: str = "--public-key") -> None:
     """
     model_signing = _model_signing(flag)
     directory = Path(artifact_dir)
-    public_key = Path(public_key)
-    if not public_key.is_file():
-        raise UsageError(f"{flag}: {public_key}: no such file")
+    public_key = _key_file(flag, public_key)
     if not directory.is_dir():
         raise UsageError(f"{flag}: {directory} is not an artifact directory; a signature covers a whole artifact "
                          "(pass the directory, not a file in it)")

@@ -41,16 +41,27 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_BYTES = {"softmax": 16 << 20, "element-wise": 4 << 20}
 
 
-def rows_per_batch(batch_size: int, source, *, element_wise: bool = False) -> int:
-    """``batch_size``, or fewer rows where those would exceed `BATCH_BYTES` of predictions."""
+def rows_per_batch(batch_size: int, source, *, element_wise: bool = False, alongside=()) -> int:
+    """``batch_size``, or fewer rows where those would exceed `BATCH_BYTES` of predictions.
+
+    An element-wise loss read from Parquet counts its other Parquet columns (``alongside``: the
+    targets, a weighted loss's weights) too: each column's reader holds pages of its own, and
+    62,500 x 1000 sigmoid rows with targets and weights as columns of one row group peaked at
+    306-316 MB with 4 MiB of predictions per batch, 243-249 MB with 4 MiB of the three columns
+    together (the same rows as .npy files: 236 MB; .npy keeps its batches, as smaller ones were
+    slower: 3.2-3.5 s against 3.3-4.3 s for half of them, unweighted)."""
     limit = BATCH_BYTES["element-wise" if element_wise else "softmax"]
-    return max(1, min(batch_size, limit // source.bytes_per_row()))
+    per_row = source.bytes_per_row()
+    if element_wise and isinstance(source, ParquetSource):
+        per_row += sum(other.bytes_per_row() for other in alongside if isinstance(other, ParquetSource))
+    return max(1, min(batch_size, limit // per_row))
 
 
 # pyarrow reads a whole column chunk (a row group's column: 400 MB in a file written with the
 # defaults) unless it is given a read buffer; with 1 MiB, eval of such a file peaked at 100 MB
 # instead of 504 MB (reading alone, /usr/bin/time -v), and ran faster.
 _READ_BUFFER = 1 << 20
+_READ_BYTES = 1 << 20  # of one column's values per ParquetFile read (see ParquetSource._read_rows)
 
 
 class Source(abc.ABC):
@@ -161,16 +172,35 @@ class NpySource(Source):
         return _numpy_arrays(self._windows(size))
 
     def _windows(self, size: int):
-        for start in range(0, self.rows, size):
-            count = min(size, self.rows - start)
-            if self.row_bytes == 0:
-                yield np.zeros((count,) + self.row_shape, self.dtype)
-                continue
-            window = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + start * self.row_bytes,
-                               shape=(count,) + self.row_shape)
-            batch = np.array(window)  # copy out, then unmap: resident memory stays one batch
-            del window
-            yield batch
+        # read(), not a memmap: a file truncated while it is read is a short read here, where a
+        # memmap raises numpy's "mmap length is greater than file size", or SIGBUS mid-copy
+        if self.row_bytes == 0:
+            for start in range(0, self.rows, size):
+                yield np.zeros((min(size, self.rows - start),) + self.row_shape, self.dtype)
+            return
+        try:
+            with open(self.path, "rb", buffering=0) as file:  # unbuffered: each batch is read when it is used
+                file.seek(self.offset)
+                for start in range(0, self.rows, size):
+                    count = min(size, self.rows - start)
+                    batch = np.empty((count,) + self.row_shape, self.dtype)
+                    if _read_into(file, batch.reshape(-1).view(np.uint8)) != batch.nbytes:
+                        raise UsageError(f"{self.flag}: {self.path} was truncated while being read (it ends within "
+                                         f"rows {start} to {start + count - 1} of the {self.rows} its header declares)")
+                    yield batch
+        except OSError as error:
+            raise UsageError(f"{self.flag}: {self.path} could not be read ({error.strerror or error})") from None
+
+
+def _read_into(file, buffer) -> int:
+    """Fill ``buffer`` from the raw ``file``; the bytes read, fewer only at the end of the file."""
+    done = 0
+    while done < len(buffer):
+        count = file.readinto(buffer[done:])
+        if not count:
+            break
+        done += count
+    return done
 
 
 class NpzSource(Source):
@@ -267,6 +297,13 @@ class ParquetSource(Source):
                      if metadata.row_group(g).column(c).path_in_schema.split(".")[0] == self.column]
             return max(1, sum(sizes) // max(1, metadata.num_rows))
 
+    def _read_rows(self, size: int) -> int:
+        """Rows per read from the file: at most `_READ_BYTES` of values, joined into batches of
+        ``size`` by `rebatched`. pyarrow's reader holds about five times a read's bytes (pages,
+        levels, values) and its allocator keeps more: a 4 MiB read of a list column raised the
+        peak RSS by 71 MB, a 256 KiB one by 18 MB."""
+        return max(1, min(size, _READ_BYTES // self.bytes_per_row()))
+
     def _opened(self, path):
         import pyarrow.parquet as pq
 
@@ -280,7 +317,7 @@ class ParquetSource(Source):
         for path in self.files:
             with self._opened(path) as handle:
                 try:
-                    for record_batch in handle.iter_batches(batch_size=size, columns=[self.column]):
+                    for record_batch in handle.iter_batches(batch_size=self._read_rows(size), columns=[self.column]):
                         start += record_batch.num_rows
                         column = record_batch.column(0)
                         yield column if column.type == self.type else column.cast(self.type)

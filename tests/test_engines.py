@@ -209,3 +209,34 @@ def test_engine_options_are_checked(sparse, tmp_path, options, message):
         evaluate(sparse, predictions=f"{tmp_path / 'data'}:logits", labels=f"{tmp_path / 'data'}:labels",
                  provider="cpu", **options)
     assert not (tmp_path / "l.npy").exists()
+
+
+def test_a_dataset_of_zero_rows_is_zero_samples_as_locally(sparse, engine, tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    pq.write_table(pa.table({"logits": pa.array([], pa.list_(pa.float32(), C)), "labels": pa.array([], pa.int64())}),
+                   data / "a.parquet")
+    options = dict(predictions=f"{data}:logits", labels=f"{data}:labels", provider="cpu", top_k=0)
+    local = evaluate(sparse, **options)
+    summary = evaluate(sparse, **options, out=tmp_path / "losses", engine=engine)
+    assert summary["count"] == local["count"] == 0 and summary["sum"] == local["sum"] == 0
+    assert summary["per_class"] == local["per_class"]
+    assert sum(pq.read_metadata(part).num_rows for part in (tmp_path / "losses").glob("*.parquet")) == 0
+
+
+def test_a_ragged_row_is_named_as_the_local_engine_names_it(sparse, engine, tmp_path):
+    """Row 303 of 400, in the third batch of 128 and the fourth row group of 100: a worker sees
+    it as row 47 of its batch; the line must give its row in the dataset and the flag."""
+    rows = [[0.5] * C for _ in range(400)]
+    rows[303] = [0.5] * (C - 1)
+    data = tmp_path / "ragged"
+    data.mkdir()
+    pq.write_table(pa.table({"logits": pa.array(rows, pa.list_(pa.float32())), "labels": np.zeros(400, np.int64)}),
+                   data / "a.parquet", row_group_size=100)
+    options = dict(predictions=f"{data}:logits", labels=f"{data}:labels", provider="cpu", top_k=0, batch_size=128)
+    with pytest.raises(UsageError) as local:
+        evaluate(sparse, **options)
+    with pytest.raises(UsageError) as distributed:
+        evaluate(sparse, **options, engine=engine)
+    assert str(local.value).startswith("--predictions: row 303 has a list of 4 values")
+    assert str(distributed.value) == str(local.value)

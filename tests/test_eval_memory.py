@@ -1,6 +1,7 @@
 """`focalgraph eval` keeps its peak resident memory under 300 MB whatever the input's size and
 format, with and without --out (250 MB inputs here; the bound does not grow with them)."""
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -88,3 +89,50 @@ def test_peak_memory_stays_under_300_mb(inputs, tmp_path, case):
     assert peak_kb / 1024 < LIMIT_MB, f"{case}: peak RSS {peak_kb / 1024:.0f} MB"
     if out is not None:
         assert (tmp_path / out).exists()
+
+
+@pytest.fixture(scope="module")
+def sigmoid_columns(tmp_path_factory):
+    """62,500 x 1000 sigmoid rows whose logits, targets and weights are columns of one Parquet
+    file in one row group (each column's reader then holds pages of its own)."""
+    root = tmp_path_factory.mktemp("sigmoid-columns")
+    exported(root / "sigmoid", FocalSpec(variant="sigmoid", alpha=0.25), validate=False)
+    exported(root / "weighted", FocalSpec(variant="sigmoid", alpha=0.25, weighted=True), validate=False)
+    rng = np.random.default_rng(1)
+    rows, classes = N // 10, 10 * C
+
+    def column(values):
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), classes)
+
+    table = pa.table({"logits": column(rng.standard_normal((rows, classes), dtype=np.float32)),
+                      "targets": column((rng.random((rows, classes)) < 0.05).astype(np.float32)),
+                      "weights": column(rng.random((rows, classes), dtype=np.float32))})
+    pq.write_table(table, root / "columns.parquet", row_group_size=rows)
+    return root
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["targets", "targets-and-weights"])
+def test_sigmoid_columns_of_one_parquet_row_group_stay_under_300_mb(sigmoid_columns, tmp_path, weighted):
+    data = sigmoid_columns / "columns.parquet"
+    args = ["eval", sigmoid_columns / ("weighted" if weighted else "sigmoid"), "--predictions", f"{data}:logits",
+            "--labels", f"{data}:targets", "--provider", "cpu", "--out", tmp_path / "out.npy"]
+    if weighted:
+        args += ["--weights", f"{data}:weights"]
+    result = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    code, peak_kb = map(int, result.stdout.split()[-2:])
+    assert code == 0, result.stderr
+    assert f"samples {N // 10}" in result.stdout
+    assert peak_kb / 1024 < LIMIT_MB, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_top_k_at_its_cap_on_625000_rows_stays_under_300_mb(inputs, tmp_path):
+    args = ["eval", inputs / "sparse", "--predictions", inputs / "x.npy", "--labels", inputs / "y.npy", "--provider", "cpu",
+            "--top-k", "10000", "--summary", tmp_path / "summary.json"]
+    result = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    code, peak_kb = map(int, result.stdout.split()[-2:])
+    assert code == 0, result.stderr
+    assert peak_kb / 1024 < LIMIT_MB, f"peak RSS {peak_kb / 1024:.0f} MB"
+    hardest = json.loads((tmp_path / "summary.json").read_text())["hardest"]
+    assert len(hardest) == 10000 and hardest[0]["loss"] >= hardest[-1]["loss"]

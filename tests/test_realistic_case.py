@@ -78,3 +78,26 @@ def test_a_drifting_float32_sum_fails_validation_at_the_realistic_case(tmp_path)
     exported_report = run(tmp_path / "loss" / "model.onnx", spec, cases, expected, provider="cpu", atol=1e-5, rtol=1e-5,
                           source="test")
     assert exported_report["passed"]
+
+
+@pytest.mark.parametrize("spec, shape", [
+    (FocalSpec(variant="sigmoid", num_classes=20000), (838, 20000)),  # 2**24 // 20000 rows
+    (FocalSpec(variant="sparse_softmax", num_classes=1024), (16384, 1024)),  # exactly 2**24: kept
+    (FocalSpec(variant="sigmoid", rank=3, num_classes=5000), (13, 256, 5000)),
+])
+def test_realistic_shape_takes_fewer_rows_where_c_would_pass_2_to_the_24_elements(spec, shape):
+    assert realistic_shape(spec) == shape and np.prod(shape) <= 1 << 24
+
+
+def test_a_reference_written_with_16384_rows_at_a_large_c_still_regenerates(tmp_path):
+    """Artifacts exported before the bound name their realistic case at 16384 rows."""
+    from export.cases import read_realistic, save_reference
+
+    spec = FocalSpec(variant="sparse_softmax", num_classes=1100)
+    legacy = realistic_case(spec, 3, legacy=True)
+    assert legacy.name == "realistic 16384x1100 seed 3" and realistic_shape(spec) == (15252, 1100)
+    save_reference(tmp_path / "reference.npz", [legacy], {legacy.name: {form: np.float32(1.0) for form in legacy.forms}})
+    cases, outputs = read_realistic(tmp_path / "reference.npz", spec, legacy.forms)
+    assert [case.name for case in cases] == [legacy.name] and cases[0].shape == (16384, 1100)
+    for name, array in legacy.inputs.items():
+        np.testing.assert_array_equal(cases[0].inputs[name], array)

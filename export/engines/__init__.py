@@ -83,8 +83,9 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
     """Evaluate with ``engine`` (``ray`` or ``spark``); returns the summary (see `evaluate`)."""
     from export.evaluation import result_dict
 
-    files, columns, batch_size = _checked_dataset(engine, session.spec, predictions, labels, id_column, weight_column,
-                                                  batch_size)
+    requested_batch_size = batch_size
+    files, columns, batch_size, row_shape = _checked_dataset(engine, session.spec, predictions, labels, id_column,
+                                                             weight_column, batch_size)
     if top_k and id_column is None:
         raise UsageError(f"--top-k: --engine {engine} names the hardest rows by --id-column (a distributed read has "
                          "no global row number); pass --id-column, or --top-k 0")
@@ -109,7 +110,7 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
             partials = spark.run(job, files, destination, batch_size=batch_size, master=master)
         merged = merge_all(partials)
         result = result_dict(session, merged, artifact_path=session.path, predictions=predictions, labels=labels,
-                             engine=engine)
+                             engine=engine, row_shape=row_shape)
         if summary_path is not None:
             staged_summary = writing.StagedFiles(force=force)
             staged_summary.write("--summary", summary_path, artifact.json_bytes(result))
@@ -123,6 +124,11 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
         if staged_summary is not None:
             staged_summary.discard()
         user_error = worker_error(error)
+        if isinstance(user_error, UsageError) and _ROW.search(str(user_error)):
+            # a worker numbers rows within its batch and names columns, not flags: the local
+            # checks over the same files name the flag and the row in the whole dataset
+            user_error = _located(session, predictions, labels, id_column, weight_column,
+                                  requested_batch_size) or user_error
         if user_error is not None and user_error is not error:
             raise user_error from None
         raise
@@ -132,9 +138,26 @@ def run(engine: str, session, *, predictions, labels, out, batch_size: int, top_
     return result
 
 
+_ROW = re.compile(r"\brows? \d+")
+
+
+def _located(session, predictions, labels, id_column, weight_column, batch_size) -> UsageError | None:
+    """The local engine's error on the same dataset (the first bad row, numbered in the whole
+    dataset, and its flag), or None if the local checks pass. Only on the error path: it reads
+    the files again, up to that row."""
+    from export.evaluation import _evaluate_locally
+
+    try:
+        _evaluate_locally(session, session.path, predictions, labels, None, batch_size=batch_size, top_k=0,
+                          progress=False, id_column=id_column, weight_column=weight_column, summary_path=None)
+    except UsageError as error:
+        return error
+    return None
+
+
 def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column, batch_size):
-    """The dataset's files, the column names and the rows per batch, after the local run's checks
-    on its footers."""
+    """The dataset's files, the column names, the rows per batch and the row shape the footers
+    tell, after the local run's checks on its footers."""
     from export.evaluation import check_sources
 
     prediction_path, _ = sources.split_name(predictions)
@@ -157,7 +180,8 @@ def _checked_dataset(engine, spec, predictions, labels, id_column, weight_column
         columns = {"--predictions": predicted.column, "--labels": truth.column}
         columns.update({flag: source.column for flag, source in extra.items()})
         batch_size = sources.rows_per_batch(batch_size, predicted, element_wise=spec.multi_label)
-    return [str(f) for f in files], columns, batch_size
+        row_shape = predicted.row_shape
+    return [str(f) for f in files], columns, batch_size, row_shape
 
 
 def check_reachable(flag: str, address: str) -> None:

@@ -64,6 +64,11 @@ class _LossDatasink:
         partials, writer = [], None
         try:
             for block in blocks:
+                if SUMMARY_COLUMN not in block.column_names:
+                    # a block of zero rows reaches the sink as read, never mapped: nothing to add
+                    if block.num_rows:
+                        raise RuntimeError(f"a block of {block.num_rows} rows reached the writer without its losses")
+                    continue
                 partials += partials_of(block.column(SUMMARY_COLUMN))
                 table = block.drop_columns([SUMMARY_COLUMN])
                 if self.directory is not None and table.num_rows:
