@@ -43,7 +43,10 @@ def sparse_softmax_focal_loss(
     """Softmax focal loss with integer labels; generalises seed 002 to any rank.
 
     ``loss = -alpha_t * class_weight_t * (1 - p_t)**gamma_t * log p_t``, with
-    ``log p_t = z_t - logsumexp(z)`` (no clipping) from logits.
+    ``log p_t = z_t - logsumexp(z)`` (no clipping) from logits. Exact in absolute terms; as
+    p_t -> 1 the relative error is at most ``(1 + eta)**(gamma + 1) - 1 + 4 eps``,
+    ``eta = ((C + 1) / (1 - p_t) + Z) eps / 2`` (`focal_graph.probabilities`;
+    tests/test_softmax_bound.py).
 
     Args:
         labels: integer class indices, shape (...). Float labels are accepted if integral (Keras
@@ -125,7 +128,8 @@ def softmax_focal_loss(
     """Softmax focal loss with one-hot or soft targets.
 
     ``loss = -sum_c alpha_c * class_weight_c * y_c * (1 - p_c)**gamma_c * log p_c`` with
-    ``log p = log_softmax(z)`` from logits (no clipping). A scalar ``alpha`` multiplies the loss,
+    ``log p = log_softmax(z)`` from logits (no clipping); the relative error as p_t -> 1 is
+    bounded as for `sparse_softmax_focal_loss`. A scalar ``alpha`` multiplies the loss,
     as in Keras's CategoricalFocalCrossentropy. ``label_smoothing`` ls replaces y by
     ``y * (1 - ls) + ls / C``.
 
