@@ -198,7 +198,6 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
     alternate = np.indices(positions).sum(axis=0)  # a checkerboard over the positions
     cases.append(builder.case(f"large logits {_text(base)}", base, scale=LARGE_LOGITS[spec.dtype]))
     cases.append(builder.case(f"ties {_text(base)}", base, logits=np.full(_classes_last(spec, base), 7.0)))
-    cases.append(_confident_case(spec, builder, base, rng))
     cases.append(builder.case(f"non-finite predictions {_text(base)}", base, edit=_non_finite(spec)))
     if spec.sparse:
         cases.append(builder.case(f"labels 0 and C-1 {_text(base)}", base, labels=np.where(alternate % 2 == 0, 0, classes - 1)))
@@ -223,6 +222,8 @@ def _generated(spec: FocalSpec, shapes, builder, rng) -> list[Case]:
             cases += _ignored_targets_cases(spec, builder, base, alternate)
     if not spec.from_logits:
         cases.append(builder.case(f"saturated probabilities {_text(base)}", base, saturated=True))
+    # last, so that the cases before it keep the inputs they had before it existed
+    cases.append(_confident_case(spec, builder, base, rng))
     return cases
 
 
@@ -241,7 +242,7 @@ def _confident_case(spec: FocalSpec, builder, base, rng) -> Case:
         logits = np.where(targets, margins, -margins) + noise  # |noise| < 3 (6 sigma): no sign flips
         return builder.case(f"confident predictions {_text(base)}", base, logits=logits,
                             edit_targets=lambda y_true: targets.astype(np.float64))
-    chosen = np.eye(last[-1], dtype=bool)[labels]
+    chosen = np.arange(last[-1]) == labels[..., None]  # not np.eye(C)[labels]: C x C at a vocabulary's C
     logits = np.where(chosen, noise.max(axis=-1, keepdims=True) + margins, noise)
     return builder.case(f"confident predictions {_text(base)}", base, logits=logits, labels=labels)
 

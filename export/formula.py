@@ -133,13 +133,15 @@ def relative_tolerance(spec: FocalSpec, y_true, predictions, rtol: float) -> np.
     - Sigmoid variant from logits (no ``probability_margin``, ``poly_epsilon >= 0``): every term
       is a sum of non-negative exact parts (`focal_graph.probabilities.sigmoid_focal_terms`), so
       ``rtol`` everywhere: within 2e-6 of float64 for every float32 logit.
-    - Softmax variants from logits (``poly_epsilon >= 0``): ``log p_t`` carries an absolute
+    - Softmax variants from logits (``poly_epsilon >= 0``), and seed 002's preset (the sparse one): ``log p_t`` carries an absolute
       error from the sum over the classes, which ``1 - p_t`` and the loss see relatively as
       p_t -> 1 (`softmax_relative_bound`). ``q`` is ``1 - p_t`` (dense targets: the smallest
       ``1 - p_c`` among the classes with a positive target) and gamma the largest of the classes'.
-    - Anything else (presets, probabilities, a margin, a negative Poly-1 epsilon): None.
+    - Anything else (the two probability presets, probabilities, a margin, a negative Poly-1
+      epsilon): None.
     """
-    if not spec.from_logits or (spec.poly_epsilon or 0.0) < 0.0 or spec.kind[0] != "variant":
+    if not spec.from_logits or (spec.poly_epsilon or 0.0) < 0.0 or (
+            spec.kind[0] != "variant" and spec.kind != ("preset", "sparse_softmax")):
         return None
     predictions = np.asarray(predictions, np.float64)
     compute = np.float64 if spec.dtype == "float64" else np.float32

@@ -127,7 +127,7 @@ def negative_abs(x: tf.Tensor) -> tf.Tensor:
 
 
 def log1p_exp(e: tf.Tensor) -> tf.Tensor:
-    """``log(1 + e)`` for ``e`` in [0, 1]: TensorFlow's own ``Log1p``, exact to the last digit.
+    """``log(1 + e)`` for ``e`` in [0, 1]: TensorFlow's own ``Log1p``, within float32's rounding.
 
     Not a compensated ``log(u) - ((u - 1) - e)`` with ``u = 1 + e``: compilers rewrite that
     expression and undo the compensation. Grappler's arithmetic optimizer turns ``Log(1 + e)``
