@@ -1,6 +1,7 @@
 """The `focalgraph` command line: one-line errors with exit 2, quiet TensorFlow, TF-free validation."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,8 +102,11 @@ def test_export_prints_one_line_and_no_tensorflow_noise(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     cases = len(generate(FocalSpec(variant="sigmoid", alpha=0.25, rank=3)))
+    relative = re.search(r"; (\d+) loss elements above 1e-30 relatively, within the spec's bound\)\n$", result.stdout)
+    assert relative and int(relative.group(1)) > 0, result.stdout
     assert result.stdout == (f"wrote {tmp_path / 'a'} (variant:sigmoid; savedmodel, onnx); ONNX Runtime (CPUExecutionProvider)"
-                             f" matches TensorFlow on {cases} cases (every element within atol 1e-05 or rtol 1e-05)\n")
+                             f" matches TensorFlow on {cases} cases (every element within atol 1e-05 or rtol 1e-05"
+                             f"; {relative.group(1)} loss elements above 1e-30 relatively, within the spec's bound)\n")
 
 
 @pytest.mark.slow
