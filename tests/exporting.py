@@ -107,3 +107,17 @@ def snapshot(root) -> dict:
             content = hashlib.sha256(path.read_bytes()).hexdigest() if stat.st_mode & 0o444 else None
             entries[path.relative_to(root).as_posix()] = ("file", stat.st_mode, stat.st_size, content)
     return entries
+
+
+def linear_model(path, classes: int) -> None:
+    """features (N, 3) -> logits (N, classes): a model to attach a loss to, built by hand with
+    onnx.helper (no TensorFlow)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, classes], np.linspace(-1, 1, 3 * classes).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["logits"])], "linear",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], initializer=[weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))

@@ -11,23 +11,12 @@ import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from onnx import TensorProto, helper
 
-from exporting import ROOT, exported
+from exporting import ROOT, exported, linear_model
 from focal_graph.spec import FocalSpec
 
 pytestmark = pytest.mark.slow
 C = 4
-
-
-def linear_model(path):
-    """features (N, 3) -> logits (N, C): a model to attach the loss to, built by hand."""
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, C], np.linspace(-1, 1, 3 * C).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "w"], ["logits"])], "linear",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])], initializer=[weights])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +52,7 @@ def inputs(tmp_path_factory):
     labels = rng.integers(0, C, 64)
     pq.write_table(pa.table({"logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), C),
                              "labels": labels, "id": np.arange(64)}), root / "rows.parquet")
-    linear_model(root / "linear.onnx")
+    linear_model(root / "linear.onnx", C)
     return root
 
 

@@ -49,28 +49,26 @@ def analytic_gradient(targets, logits, gamma, alpha):
     return balance * (focusing + direct), balance * (np.abs(focusing) + np.abs(direct))
 
 
-def assert_values(got, targets, logits, gamma, alpha, what):
-    want = reference.sigmoid_focal(targets, logits, gamma=gamma, alpha=alpha)
+def assert_within(got, want, scale, rtol, targets, logits, what):
+    """|got - want| <= rtol * scale wherever scale (the float64 value's size) is above FLOOR."""
     got = np.asarray(got, np.float64)
     assert np.isfinite(got).all(), what
-    counted = want > FLOOR
-    assert counted.any(), f"{what}: no loss above {FLOOR}"
-    relative = np.abs(got[counted] - want[counted]) / want[counted]
+    counted = scale > FLOOR
+    assert counted.any(), f"{what}: nothing above {FLOOR}"
+    relative = np.abs(got[counted] - want[counted]) / scale[counted]
     worst = int(np.argmax(relative))
     at = np.broadcast_to(logits, want.shape)[counted][worst], np.broadcast_to(targets, want.shape)[counted][worst]
-    assert relative[worst] <= RTOL, f"{what}: loss off by {relative[worst]:.2e} relative at logit, target {at}"
+    assert relative[worst] <= rtol, f"{what}: off by {relative[worst]:.2e} relative at logit, target {at}"
+
+
+def assert_values(got, targets, logits, gamma, alpha, what):
+    want = reference.sigmoid_focal(targets, logits, gamma=gamma, alpha=alpha)
+    assert_within(got, want, want, RTOL, targets, logits, f"{what}: loss")
 
 
 def assert_gradients(got, targets, logits, gamma, alpha, what):
     want, scale = analytic_gradient(targets, logits, gamma, alpha)
-    got = np.asarray(got, np.float64)
-    assert np.isfinite(got).all(), what
-    counted = scale > FLOOR
-    assert counted.any(), f"{what}: no gradient above {FLOOR}"
-    relative = np.abs(got[counted] - want[counted]) / scale[counted]
-    worst = int(np.argmax(relative))
-    at = np.broadcast_to(logits, want.shape)[counted][worst], np.broadcast_to(targets, want.shape)[counted][worst]
-    assert relative[worst] <= GRADIENT_RTOL, f"{what}: gradient off by {relative[worst]:.2e} relative at logit, target {at}"
+    assert_within(got, want, scale, GRADIENT_RTOL, targets, logits, f"{what}: gradient")
 
 
 def loss_and_gradient(gamma, alpha):

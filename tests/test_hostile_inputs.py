@@ -96,21 +96,13 @@ def dense_model_onnx(path, output="logits"):
 @pytest.mark.parametrize("shapes, named", [
     ("features=9999999999999999999x8", "input 'features': 9999999999999999999x8 is more than 67,108,864 elements"),
     ("features=100000000000x8", "input 'features': 100000000000x8 is more than 67,108,864 elements"),
-], ids=["beyond-int64", "beyond-memory"])
-def test_check_shapes_too_large_to_allocate_are_one_line(onnx_artifact, tmp_path, shapes, named):
-    model = dense_model_onnx(tmp_path / "model.onnx")
-    result = run_main("attach", "--model", model, "--output", "logits", "--loss", onnx_artifact,
-                      "--out", tmp_path / "both.onnx", "--check-shapes", shapes)
-    assert f"--check-shapes: {named}" in one_line_error(result, "attach")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
-
-
-@pytest.mark.parametrize("shapes, named", [
     ("features=2x8,features=3x8", "input 'features' is given twice"),
     ("features=\uff12x8", "expected NAME=1x64x64x3[,NAME=...] (sizes in digits 0-9"),
     ("features=0x8", "input 'features': every size must be 1 or more, got 0x8"),
-], ids=["repeated-input", "fullwidth-digit", "batch-of-0"])
-def test_check_shapes_that_would_check_something_else_are_refused(onnx_artifact, tmp_path, shapes, named):
+], ids=["beyond-int64", "beyond-memory", "repeated-input", "fullwidth-digit", "batch-of-0"])
+def test_check_shapes_too_large_or_checking_something_else_are_one_line(onnx_artifact, tmp_path, shapes, named):
+    """numpy's own errors for sizes it cannot allocate; last-wins names, non-ASCII digits and a
+    batch of 0 checked something other than what was asked."""
     model = dense_model_onnx(tmp_path / "model.onnx")
     result = run_main("attach", "--model", model, "--output", "logits", "--loss", onnx_artifact,
                       "--out", tmp_path / "both.onnx", "--check-shapes", shapes)

@@ -8,24 +8,13 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from exporting import one_line_error, run_cli, snapshot
+from exporting import linear_model, one_line_error, run_cli, snapshot
 from export import signing
 from export.exporter import default_specs
 
 C = 5
 FOREIGN = b"someone's thesis, not focalgraph's\n"
-
-
-def linear_model(path):
-    """features (N, 3) -> logits (N, C), built by hand: a model to attach the loss to."""
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, C], np.linspace(-1, 1, 3 * C).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "w"], ["logits"])], "linear",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])], initializer=[weights])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def workspace(onnx_artifact, tmp_path, keys):
     rng = np.random.default_rng(21)
     np.save(tmp_path / "logits.npy", rng.normal(size=(20, C)).astype(np.float32))
     np.save(tmp_path / "labels.npy", rng.integers(0, C, 20))
-    linear_model(tmp_path / "linear.onnx")
+    linear_model(tmp_path / "linear.onnx", C)
     return tmp_path
 
 

@@ -21,7 +21,7 @@ from export import artifact, onnx_conversion
 from export.validation import validate
 from exporting import exported, run_cli
 from focal_graph.spec import FocalSpec
-from test_consistency import remanifest
+from test_consistency import remanifest, swap
 
 SPEC = FocalSpec(variant="sigmoid", alpha=0.25)
 
@@ -73,15 +73,10 @@ def lossy_onnx(tmp_path_factory):
 
 
 def with_file_from(pristine, source, name, tmp_path):
+    """A copy of ``pristine`` whose ``name`` is ``source``'s, the manifest recomputed."""
     copy = tmp_path / "artifact"
     shutil.copytree(pristine, copy)
-    target = copy / name
-    if target.is_dir():
-        shutil.rmtree(target)
-        shutil.copytree(source / name, target)
-    else:
-        shutil.copy(source / name, target)
-    remanifest(copy)
+    swap(copy, source, name)
     return copy
 
 
