@@ -20,7 +20,7 @@ have no such sum: relative error within 2e-6 of float64 for every float32 logit.
 
 Only ops tf2onnx converts are used, with one exception: the sigmoid losses use TensorFlow's own
 Log1p (`log1p_exp`), which tf2onnx does not convert; focalgraph's conversion gives it a handler
-(`export.onnx_conversion.CUSTOM_OP_HANDLERS`). No Expm1 or Xlogy (see shared/TOOLCHAIN.md), and no
+(`export.onnx_conversion.CUSTOM_OP_HANDLERS`). No Expm1 or Xlogy (tf2onnx 1.17 has no handler for them), and no
 Sigmoid or Softplus for sigmoid losses (see `sigmoid_focal_terms`). From
 logits, ``tf.nn.log_softmax`` is the one fused kernel in both backends (MLAS's LogSoftmax in ONNX
 Runtime); `tf.reduce_logsumexp` would convert to a ~33-node graph.

@@ -18,7 +18,7 @@ from focal_graph.spec import FocalSpec
 
 from export.onnx_conversion import CUSTOM_OP_HANDLERS
 
-# tf2onnx 1.17 has no handler for these (shared/TOOLCHAIN.md); Log1p has ours
+# tf2onnx 1.17 has no handler for these (checked in its onnx_opset/ sources); Log1p has ours
 UNCONVERTIBLE = {"Log1p", "Expm1", "Xlogy", "Xlog1py", "MulNoNan"} - set(CUSTOM_OP_HANDLERS)
 
 SPECS = [
