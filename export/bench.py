@@ -52,7 +52,7 @@ DEFAULT_ARTIFACTS = ("artifacts/variant-sparse-softmax", "artifacts/variant-sigm
 # N x C from 1e5 to 1.6e7 elements; the last is the issue's target size
 DEFAULT_SIZES = ((100, 1000), (400, 1000), (1600, 1000), (4096, 1000), (16384, 1000))
 TARGET_SIZE = (16384, 1000)
-DTYPES = ("float32", "float16")  # bfloat16 does not survive tf2onnx (shared/TOOLCHAIN.md)
+DTYPES = ("float32", "float16")  # bfloat16 does not survive tf2onnx 1.17 (mapped to float16, the model fails to load)
 PEER = "per_sample"  # the form eval uses, and the one Keras's unreduced loss is compared with
 
 

@@ -1,4 +1,4 @@
-"""The presets reproduce the three seed snippets (shared/seeds/), bugs fixed as documented."""
+"""The presets reproduce the three seed snippets (seeds 000-002, snippets copied from blogs), bugs fixed as documented."""
 
 import json
 from pathlib import Path
